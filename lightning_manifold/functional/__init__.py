@@ -1,0 +1,96 @@
+"""Pure tensor functions of prediction-space geometry (Mao et al., PNAS 2024; thesis ch. 2).
+
+Shapes: m, k models; N probe samples; C classes. Every function accepts torch tensors (any
+device, float32/float64) or numpy arrays and returns torch tensors. Nothing here knows about
+Lightning, loggers or files.
+"""
+
+from lightning_manifold.functional.alignment import Alignment, procrustes_align
+from lightning_manifold.functional.centroids import CENTROIDS, centroid
+from lightning_manifold.functional.distances import (
+    bhattacharyya,
+    bhattacharyya_coefficients,
+    bhattacharyya_from_log_probs,
+    bhattacharyya_from_sqrt,
+    distance_to_ignorance,
+    distance_to_ignorance_from_log_probs,
+    distance_to_truth,
+    distance_to_truth_from_log_probs,
+    geodesic_distance,
+    symmetric_kl,
+    symmetric_kl_from_log_probs,
+)
+from lightning_manifold.functional.geodesic import (
+    geodesic_point,
+    ignorance,
+    ignorance_truth_geodesic,
+    truth,
+)
+from lightning_manifold.functional.inpca import (
+    InPCAResult,
+    explained_pairwise_distance,
+    explained_stress,
+    inpca,
+    minkowski_sq_distance,
+    project,
+    project_from_stats,
+    time_like,
+)
+from lightning_manifold.functional.progress import (
+    GeodesicProjection,
+    geodesic_projection,
+    geodesic_projection_from_log_probs,
+    per_class_progress_from_log_probs,
+    progress,
+    progress_from_log_probs,
+)
+from lightning_manifold.functional.random_projection import (
+    project_classes,
+    random_column_stochastic,
+)
+from lightning_manifold.functional.trajectory import (
+    reindex_by_progress,
+    trajectory_distance,
+    tube_width,
+)
+
+__all__ = [
+    "CENTROIDS",
+    "Alignment",
+    "GeodesicProjection",
+    "InPCAResult",
+    "bhattacharyya",
+    "bhattacharyya_coefficients",
+    "bhattacharyya_from_log_probs",
+    "bhattacharyya_from_sqrt",
+    "centroid",
+    "distance_to_ignorance",
+    "distance_to_ignorance_from_log_probs",
+    "distance_to_truth",
+    "distance_to_truth_from_log_probs",
+    "explained_pairwise_distance",
+    "explained_stress",
+    "geodesic_distance",
+    "geodesic_point",
+    "geodesic_projection",
+    "geodesic_projection_from_log_probs",
+    "ignorance",
+    "ignorance_truth_geodesic",
+    "inpca",
+    "minkowski_sq_distance",
+    "per_class_progress_from_log_probs",
+    "procrustes_align",
+    "progress",
+    "progress_from_log_probs",
+    "project",
+    "project_classes",
+    "project_from_stats",
+    "random_column_stochastic",
+    "reindex_by_progress",
+    "symmetric_kl",
+    "symmetric_kl_from_log_probs",
+    "time_like",
+    "trajectory_distance",
+    "truth",
+    "tube_width",
+]

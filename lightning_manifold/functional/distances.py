@@ -1,0 +1,377 @@
+"""Distances between models in prediction space (thesis §2.2, §2.5.4.3).
+
+A model on a probe of N samples and C classes is an (N, C) matrix of probabilities; a batch of
+m models is (m, N, C). Pairwise functions return (m, k) matrices; ``Q=None`` means all pairs
+within ``P`` (an (m, m) symmetric matrix with zero diagonal).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_manifold.functional._checks import (
+    ArrayLike,
+    as_tensor,
+    check_labels,
+    check_log_probabilities,
+    check_probabilities,
+    check_same_space,
+    common_dtype,
+)
+
+__all__ = [
+    "bhattacharyya",
+    "bhattacharyya_coefficients",
+    "bhattacharyya_from_log_probs",
+    "bhattacharyya_from_sqrt",
+    "distance_to_ignorance",
+    "distance_to_ignorance_from_log_probs",
+    "distance_to_truth",
+    "distance_to_truth_from_log_probs",
+    "geodesic_distance",
+    "symmetric_kl",
+    "symmetric_kl_from_log_probs",
+]
+
+# Samples per batched GEMM and models per block: a (samples, rows, cols) block of
+# per-sample coefficients stays in cache and the Python loop over blocks costs little.
+_SAMPLE_CHUNK = 32
+_MODEL_BLOCK = 200
+
+
+def _underflow_floor(dtype: torch.dtype) -> float:
+    """A floor T with T * T still a normal float: products above it keep full precision."""
+    return torch.finfo(dtype).tiny ** 0.49
+
+
+def _block_log_bc(S_nm: Tensor, T_nk: Tensor, buf: Tensor) -> Tensor:
+    """Σ_n log Σ_c S[n, i, c] T[n, c, j] for one block of models, one log per many samples.
+
+    S_nm: (N, a, C) and T_nk: (N, C, b) sample-major sqrt-probabilities; buf: scratch of at
+    least (_SAMPLE_CHUNK, a, b). Per-sample coefficients come from a batched GEMM over a chunk
+    of samples and are multiplied into a running product; the log of that product is taken
+    only when it nears the bottom of the normal range. A chunk whose own product falls below
+    the floor (coefficients that are tiny or exactly 0) is summed log by log instead, so the
+    result equals Σ log up to rounding and is -inf only where a coefficient is exactly 0.
+    Returns (a, b).
+    """
+    N, a, b = S_nm.shape[0], S_nm.shape[1], T_nk.shape[2]
+    floor = _underflow_floor(S_nm.dtype)
+    acc = torch.zeros((a, b), dtype=S_nm.dtype, device=S_nm.device)
+    run = torch.ones((a, b), dtype=S_nm.dtype, device=S_nm.device)
+    for n0 in range(0, N, _SAMPLE_CHUNK):
+        n1 = min(N, n0 + _SAMPLE_CHUNK)
+        G = torch.bmm(S_nm[n0:n1], T_nk[n0:n1], out=buf[: n1 - n0])
+        p = G.prod(0)
+        if float(p.min()) < floor:  # rare: recompute the small entries exactly
+            small = p < floor
+            acc += torch.where(small, G.log().sum(0), torch.zeros_like(p))
+            p = torch.where(small, torch.ones_like(p), p)
+        run *= p
+        if float(run.min()) < floor:
+            acc += run.log()
+            run.fill_(1)
+    return acc.add_(run.log_())
+
+
+def _pairwise_log_bc(S: Tensor, T: Tensor | None) -> Tensor:
+    """Σ_n log Σ_c S[u, n, c] T[v, n, c] for all pairs, blocked over models and samples.
+
+    S: (m, N, C), T: (k, N, C) or None (pairs within S: only blocks on or above the diagonal
+    are computed, then mirrored). Returns (m, k).
+    """
+    symmetric = T is None
+    m = S.shape[0]
+    S_nm = S.transpose(0, 1).contiguous()  # (N, m, C)
+    T_nk = S_nm.transpose(1, 2) if symmetric else T.permute(1, 2, 0).contiguous()  # (N, C, k)
+    k = T_nk.shape[2]
+    out = torch.empty((m, k), dtype=S.dtype, device=S.device)
+    bs = _MODEL_BLOCK
+    buf = torch.empty((_SAMPLE_CHUNK, min(m, bs), min(k, bs)), dtype=S.dtype, device=S.device)
+    for i0 in range(0, m, bs):
+        i1 = min(m, i0 + bs)
+        for j0 in range(i0 if symmetric else 0, k, bs):
+            j1 = min(k, j0 + bs)
+            view = buf[:, : i1 - i0, : j1 - j0]
+            acc = _block_log_bc(S_nm[:, i0:i1], T_nk[:, :, j0:j1], view)
+            out[i0:i1, j0:j1] = acc
+            if symmetric and j0 != i0:
+                out[j0:j1, i0:i1] = acc.T
+    return out
+
+
+def _coefficient_blocks(S: Tensor, T: Tensor):
+    """Yield chunks of per-sample coefficients for one (rows, cols) block of models.
+
+    S: (a, N, C), T: (b, N, C) sqrt-probabilities. Yields (n_chunk, a, b) tensors
+    ``Σ_c S[i, n, c] T[j, n, c]``.
+    """
+    St = S.transpose(0, 1)
+    Tt = T.permute(1, 2, 0)
+    for n0 in range(0, S.shape[1], _SAMPLE_CHUNK):
+        yield torch.bmm(St[n0 : n0 + _SAMPLE_CHUNK], Tt[n0 : n0 + _SAMPLE_CHUNK])
+
+
+def bhattacharyya_from_sqrt(S: ArrayLike, T: ArrayLike | None = None) -> Tensor:
+    """Bhattacharyya distances from sqrt-probabilities (eq. 2.2.2), the fast path.
+
+    ``d_B(P, Q) = -(1/N) Σ_n log Σ_c sqrt(p[n, c]) sqrt(q[n, c])``.
+
+    Per-sample coefficients come from a batched GEMM over samples; logarithms are taken of
+    products of groups of coefficients (exact up to rounding; underflowing groups are redone
+    factor by factor), and only the upper triangle is computed when ``T`` is None.
+
+    Args:
+        S: (m, N, C) or (N, C) square roots of probabilities. Not validated beyond shape.
+        T: (k, N, C) or (N, C) square roots of probabilities, or None for all pairs in ``S``.
+
+    Returns:
+        (m, k) distances (m, m symmetric with zero diagonal when ``T`` is None). A 2-D input
+        drops its model axis from the result.
+    """
+    S_t = as_tensor(S, "S")
+    S3, s_single = (S_t.unsqueeze(0), True) if S_t.ndim == 2 else (S_t, False)
+    if S3.ndim != 3 or S3.numel() == 0:
+        raise ValueError(
+            f"`S` must be non-empty sqrt-probabilities of shape (N, C) or (m, N, C), got "
+            f"{tuple(S_t.shape)}"
+        )
+    N = S3.shape[1]
+    if T is None:
+        D = _pairwise_log_bc(S3, None).div_(-N).clamp_min_(0)
+        D.fill_diagonal_(0)
+        return D[0, 0] if s_single else D
+    T_t = as_tensor(T, "T")
+    T3, t_single = (T_t.unsqueeze(0), True) if T_t.ndim == 2 else (T_t, False)
+    if T3.ndim != 3 or T3.numel() == 0:
+        raise ValueError(
+            f"`T` must be non-empty sqrt-probabilities of shape (N, C) or (k, N, C), got "
+            f"{tuple(T_t.shape)}"
+        )
+    check_same_space(S3, T3, "S", "T")
+    dtype = common_dtype(S3, T3)
+    D = _pairwise_log_bc(S3.to(dtype), T3.to(device=S3.device, dtype=dtype))
+    D = D.div_(-N).clamp_min_(0)  # rounding can give -1e-17 for identical models
+    if s_single:
+        D = D[0]
+    if t_single:
+        D = D[..., 0]
+    return D
+
+
+def bhattacharyya(P: ArrayLike, Q: ArrayLike | None = None) -> Tensor:
+    """Bhattacharyya distance between models (eq. 2.2.2).
+
+    Args:
+        P: (m, N, C) or (N, C) probabilities.
+        Q: (k, N, C) or (N, C) probabilities, or None for all pairs within ``P``.
+
+    Returns:
+        (m, k) distances; (m, m) symmetric with zero diagonal when ``Q`` is None.
+
+    Raises:
+        ValueError: on wrong shapes, N/C mismatch, NaN/inf, negative entries or rows that do
+            not sum to 1.
+
+    Example::
+
+        >>> P = torch.softmax(torch.randn(4, 100, 10, dtype=torch.float64), -1)
+        >>> bhattacharyya(P).shape
+        torch.Size([4, 4])
+    """
+    P3, p_single = check_probabilities(P, "P")
+    S = P3.sqrt()
+    if Q is None:
+        return bhattacharyya_from_sqrt(S[0] if p_single else S)
+    Q3, q_single = check_probabilities(Q, "Q")
+    check_same_space(P3, Q3, "P", "Q")
+    T = Q3.sqrt()
+    return bhattacharyya_from_sqrt(S[0] if p_single else S, T[0] if q_single else T)
+
+
+def bhattacharyya_from_log_probs(log_P: ArrayLike, log_Q: ArrayLike | None = None) -> Tensor:
+    """Bhattacharyya distance (eq. 2.2.2) from log-probabilities.
+
+    Shapes as in :func:`bhattacharyya`; nothing underflows before the square root is taken.
+    """
+    P3, p_single = check_log_probabilities(log_P, "log_P")
+    S = (0.5 * P3).exp()
+    if log_Q is None:
+        return bhattacharyya_from_sqrt(S[0] if p_single else S)
+    Q3, q_single = check_log_probabilities(log_Q, "log_Q")
+    check_same_space(P3, Q3, "log_P", "log_Q")
+    T = (0.5 * Q3).exp()
+    return bhattacharyya_from_sqrt(S[0] if p_single else S, T[0] if q_single else T)
+
+
+def bhattacharyya_coefficients(P: Tensor, Q: Tensor) -> Tensor:
+    """Per-sample Bhattacharyya coefficients of paired models.
+
+    Args:
+        P, Q: (..., N, C) probabilities with broadcastable leading axes (not validated).
+
+    Returns:
+        (..., N) ``Σ_c sqrt(p q)``, clamped to [0, 1] against rounding.
+    """
+    return (P * Q).sqrt().sum(-1).clamp_(0, 1)
+
+
+def _squeeze(D: Tensor, p_single: bool, q_single: bool) -> Tensor:
+    if p_single:
+        D = D[0]
+    if q_single:
+        D = D[..., 0]
+    return D
+
+
+def geodesic_distance(P: ArrayLike, Q: ArrayLike | None = None) -> Tensor:
+    """Geodesic distance on the product of spheres (eq. 2.5.4).
+
+    ``d_G(P, Q) = (1/N) Σ_n arccos Σ_c sqrt(p[n, c] q[n, c])``.
+
+    Args:
+        P: (m, N, C) or (N, C) probabilities.
+        Q: (k, N, C) or (N, C) probabilities, or None for all pairs within ``P``.
+
+    Returns:
+        (m, k) distances in radians per sample, in [0, pi/2].
+    """
+    P3, p_single = check_probabilities(P, "P")
+    Q3, q_single = (P3, p_single) if Q is None else check_probabilities(Q, "Q")
+    check_same_space(P3, Q3, "P", "Q")
+    dtype = common_dtype(P3, Q3)
+    S = P3.to(dtype).sqrt()
+    T = Q3.to(device=S.device, dtype=dtype).sqrt()
+    m, k, N = S.shape[0], T.shape[0], S.shape[1]
+    out = torch.empty((m, k), dtype=dtype, device=S.device)
+    for i0 in range(0, m, _MODEL_BLOCK):
+        i1 = min(m, i0 + _MODEL_BLOCK)
+        for j0 in range(0, k, _MODEL_BLOCK):
+            j1 = min(k, j0 + _MODEL_BLOCK)
+            acc = torch.zeros((i1 - i0, j1 - j0), dtype=dtype, device=S.device)
+            for G in _coefficient_blocks(S[i0:i1], T[j0:j1]):
+                acc += G.clamp_(0, 1).arccos_().sum(0)
+            out[i0:i1, j0:j1] = acc / N
+    if Q is None:
+        out.fill_diagonal_(0)
+    return _squeeze(out, p_single, q_single)
+
+
+def _skl(P: Tensor, LP: Tensor, Q: Tensor, LQ: Tensor) -> Tensor:
+    """Pairwise symmetric KL from probabilities and logs (zeros allowed, -inf logs allowed)."""
+    N = P.shape[1]
+    zP, zQ = P == 0, Q == 0
+    LPf = torch.where(zP, torch.zeros_like(LP), LP).flatten(1)
+    LQf = torch.where(zQ, torch.zeros_like(LQ), LQ).flatten(1)
+    Pf, Qf = P.flatten(1), Q.flatten(1)
+    self_p = (Pf * LPf).sum(1)
+    self_q = (Qf * LQf).sum(1)
+    cross = Pf @ LQf.T + LPf @ Qf.T
+    D = (self_p[:, None] + self_q[None, :] - cross) / N
+    # A class with zero probability in exactly one model makes the divergence infinite.
+    one_sided = (~zP).flatten(1).to(P.dtype) @ zQ.flatten(1).to(P.dtype).T
+    one_sided += zP.flatten(1).to(P.dtype) @ (~zQ).flatten(1).to(P.dtype).T
+    D = torch.where(one_sided > 0, torch.full_like(D, math.inf), D)
+    return D.clamp_min_(0)
+
+
+def symmetric_kl(P: ArrayLike, Q: ArrayLike | None = None) -> Tensor:
+    """Symmetrised Kullback-Leibler divergence, IsKL (eq. 2.5.3).
+
+    ``d_sKL(P, Q) = (1/N) Σ_n Σ_c (p - q) log(p / q)``; infinite when one model gives a class
+    zero probability and the other does not.
+
+    Args:
+        P: (m, N, C) or (N, C) probabilities.
+        Q: (k, N, C) or (N, C) probabilities, or None for all pairs within ``P``.
+
+    Returns:
+        (m, k) divergences.
+    """
+    P3, p_single = check_probabilities(P, "P")
+    Q3, q_single = (P3, p_single) if Q is None else check_probabilities(Q, "Q")
+    check_same_space(P3, Q3, "P", "Q")
+    dtype = common_dtype(P3, Q3)
+    P3, Q3 = P3.to(dtype), Q3.to(device=P3.device, dtype=dtype)
+    D = _skl(P3, P3.log(), Q3, Q3.log())
+    if Q is None:
+        D.fill_diagonal_(0)
+    return _squeeze(D, p_single, q_single)
+
+
+def symmetric_kl_from_log_probs(log_P: ArrayLike, log_Q: ArrayLike | None = None) -> Tensor:
+    """Symmetrised KL (eq. 2.5.3) from log-probabilities; shapes as :func:`symmetric_kl`."""
+    L3, p_single = check_log_probabilities(log_P, "log_P")
+    M3, q_single = (L3, p_single) if log_Q is None else check_log_probabilities(log_Q, "log_Q")
+    check_same_space(L3, M3, "log_P", "log_Q")
+    dtype = common_dtype(L3, M3)
+    L3, M3 = L3.to(dtype), M3.to(device=L3.device, dtype=dtype)
+    D = _skl(L3.exp(), L3, M3.exp(), M3)
+    if log_Q is None:
+        D.fill_diagonal_(0)
+    return _squeeze(D, p_single, q_single)
+
+
+def distance_to_ignorance_from_log_probs(log_P: ArrayLike) -> Tensor:
+    """d_B(P, P0) to ignorance (p = 1/C everywhere), from log-probabilities.
+
+    ``d_B(P, P0) = log(C)/2 - (1/N) Σ_n log Σ_c sqrt(p[n, c])``, with the inner sum taken as a
+    log-sum-exp of ``log p / 2`` so it is exact for any finite logits.
+
+    Args:
+        log_P: (m, N, C) or (N, C) log-probabilities.
+
+    Returns:
+        (m,) distances, or a 0-dim tensor for a single (N, C) model.
+    """
+    L, single = check_log_probabilities(log_P, "log_P")
+    C = L.shape[-1]
+    d = (0.5 * math.log(C) - torch.logsumexp(0.5 * L, -1).mean(-1)).clamp_min_(0)
+    return d[0] if single else d
+
+
+def distance_to_ignorance(P: ArrayLike) -> Tensor:
+    """d_B(P, P0) to ignorance from probabilities.
+
+    See :func:`distance_to_ignorance_from_log_probs`; returns (m,) or a 0-dim tensor.
+    """
+    P3, single = check_probabilities(P, "P")
+    C = P3.shape[-1]
+    d = (0.5 * math.log(C) - P3.sqrt().sum(-1).log().mean(-1)).clamp_min_(0)
+    return d[0] if single else d
+
+
+def distance_to_truth_from_log_probs(log_P: ArrayLike, labels: ArrayLike) -> Tensor:
+    """d_B(P, P*) to the truth (one-hot labels): half the cross-entropy.
+
+    ``d_B(P, P*) = -(1/(2N)) Σ_n log p[n, y_n]``: finite for every finite logit because it
+    never forms a probability that could underflow.
+
+    Args:
+        log_P: (m, N, C) or (N, C) log-probabilities.
+        labels: (N,) integer labels in [0, C).
+
+    Returns:
+        (m,) distances, or a 0-dim tensor for a single model.
+    """
+    L, single = check_log_probabilities(log_P, "log_P")
+    y = check_labels(labels, L.shape[1], L.shape[2]).to(L.device)
+    picked = L.gather(-1, y.view(1, -1, 1).expand(L.shape[0], -1, 1)).squeeze(-1)
+    d = -0.5 * picked.mean(-1)
+    return d[0] if single else d
+
+
+def distance_to_truth(P: ArrayLike, labels: ArrayLike) -> Tensor:
+    """d_B(P, P*) from probabilities (inf where a true class has probability exactly 0).
+
+    Prefer :func:`distance_to_truth_from_log_probs`: probabilities underflow, log-probabilities
+    do not.
+    """
+    P3, single = check_probabilities(P, "P")
+    y = check_labels(labels, P3.shape[1], P3.shape[2]).to(P3.device)
+    picked = P3.gather(-1, y.view(1, -1, 1).expand(P3.shape[0], -1, 1)).squeeze(-1)
+    d = -0.5 * picked.log().mean(-1)
+    return d[0] if single else d
