@@ -1,0 +1,829 @@
+r"""
+Manifold Callback
+=================
+
+Record a model's training trajectory in prediction space (Mao et al., PNAS 2024): at scheduled
+optimizer steps, run the model on fixed probe sets, keep the log-probabilities on disk and log
+where the model stands between ignorance and truth.
+
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_manifold import functional as F
+from lightning_manifold._ddp import gather_probe, preserved_rng_state
+from lightning_manifold.probe import ProbeSet, evaluation_mode
+from lightning_manifold.schedule import Schedule
+from lightning_manifold.snapshot import Snapshot
+from lightning_manifold.store import TrajectoryStore
+
+__all__ = ["METRIC_NAMES", "ManifoldCallback"]
+
+#: Names of the scalars logged per probe, under ``manifold/<probe>/<name>``.
+METRIC_NAMES: tuple[str, ...] = (
+    "progress",
+    "distance_to_ignorance",
+    "distance_to_truth",
+    "distance_to_geodesic",
+    "error",
+    "cross_entropy",
+    "speed",
+)
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+class _FatalCaptureError(Exception):
+    """Carries a user configuration error out of a capture; re-raised, never swallowed."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _BackgroundWriter:
+    """Runs store writes in submission order on one daemon thread, off the training loop.
+
+    Appending a snapshot durably (file, fsync, manifest rewrite, fsync) costs milliseconds of
+    disk latency; on this thread it overlaps with training. Failures are collected and handed
+    back by :meth:`flush`.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._errors: list[Exception] = []
+        self._thread = threading.Thread(
+            target=self._run, name="lightning-manifold-store-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            task = self._queue.get()
+            try:
+                if task is None:
+                    return
+                task()
+            except Exception as err:
+                self._errors.append(err)
+            finally:
+                self._queue.task_done()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        """Queue ``task``; it runs after every task submitted before it."""
+        self._queue.put(task)
+
+    def pop_errors(self) -> list[Exception]:
+        """The failures of the tasks run so far (forgotten once returned); does not wait."""
+        errors, self._errors = self._errors, []
+        return errors
+
+    def flush(self) -> list[Exception]:
+        """Wait until every submitted task has run; return (and forget) their failures."""
+        self._queue.join()
+        return self.pop_errors()
+
+    def close(self) -> list[Exception]:
+        """Flush, then stop the thread."""
+        errors = self.flush()
+        self._queue.put(None)
+        self._thread.join()
+        return errors
+
+
+class ManifoldCallback(Callback):
+    r"""Capture the model's predictions on fixed probe sets during training and keep them.
+
+    At every step chosen by the ``schedule`` (steps are optimizer updates so far,
+    ``trainer.global_step``; step 0 is the initial model), the model is run in eval mode on each
+    probe, the (N, C) log-probabilities are appended to a
+    :class:`~lightning_manifold.store.TrajectoryStore` at ``<dirpath>/<run_name>/<probe>``, and
+    scalars placing the model between ignorance P0 and truth P* (thesis ch. 2) are logged through
+    every logger of the trainer with ``step=trainer.global_step``.
+
+    Step triggers are evaluated in ``on_train_batch_start`` (once per optimizer step, also with
+    gradient accumulation), the fit-start capture in ``on_train_start``, epoch triggers in
+    ``on_train_epoch_end`` and the fit-end capture in ``on_train_end``.
+
+    Capturing does not change training: every submodule's ``training`` flag, BatchNorm running
+    statistics, the RNG states (Python, numpy, torch CPU and CUDA), gradients and the optimizer
+    are left exactly as they were; the forward runs under ``torch.no_grad()`` and the trainer's
+    precision context. Under DDP every rank predicts a fixed equal slice of each probe, the slices
+    are gathered in order, and rank zero alone writes the stores and logs.
+
+    Logged keys, per probe ``<probe>``:
+
+    - ``manifold/<probe>/progress``: projection onto the ignorance->truth geodesic, in [0, 1]
+      (eq. 2.2.4).
+    - ``manifold/<probe>/distance_to_ignorance``: Bhattacharyya distance d_B(P, P0) (eq. 2.2.2).
+    - ``manifold/<probe>/distance_to_truth``: d_B(P, P*), half the cross-entropy.
+    - ``manifold/<probe>/distance_to_geodesic``: geodesic distance d_G (eq. 2.5.4) from P to its
+      projection on the ignorance->truth geodesic.
+    - ``manifold/<probe>/error``: top-1 error on the probe.
+    - ``manifold/<probe>/cross_entropy``: mean negative log-likelihood on the probe.
+    - ``manifold/<probe>/speed``: d_B to the previous valid snapshot divided by the number of
+      optimizer steps between them (absent at the first capture).
+    - ``manifold/<probe>/valid``: ``0``, logged alone for a snapshot whose outputs are NaN/inf
+      (a diverged model); such snapshots are stored with ``valid=False``.
+
+    The same values are kept in each store record's ``metrics``.
+
+    Args:
+        probes: one :class:`~lightning_manifold.probe.ProbeSet` or a sequence of them with distinct
+            names (typically a train probe and a val probe).
+        schedule: when to capture; defaults to ``Schedule()`` (50 log-spaced steps plus the start
+            and the end of training). Its ``max_steps`` is bound to
+            ``trainer.estimated_stepping_batches`` when not given.
+        dirpath: root directory of the stores. Defaults to ``<trainer.log_dir>/manifold``
+            (``<trainer.default_root_dir>/manifold`` when the logger has no directory).
+        run_name: sub-directory of ``dirpath`` for this run. Defaults to the first logger's
+            version (``version_<n>`` for an int), else a timestamp.
+        log_scalars: log the scalars above through ``trainer.loggers``.
+        dtype: floating dtype of the predicted and stored log-probabilities
+            (``torch.float32`` or ``torch.float64``).
+        ignorance_warning: warn when the step-0 model has
+            ``d_B(P, P0) > ignorance_warning * d_B(P0, P*)`` (an initial model far from ignorance,
+            thesis fig. 2.12); ``None`` disables the check.
+
+    Raises:
+        TypeError:
+            If ``probes`` is not a ProbeSet or a sequence of them, or ``schedule`` is not a
+            Schedule, or ``dirpath`` is not a path.
+        ValueError:
+            If there is no probe, a probe is empty, two probes share a name, ``dtype`` is not
+            float32/float64, ``run_name`` is empty or contains a path separator, or
+            ``ignorance_warning`` is not positive. In ``setup``: if ``dirpath`` is not writable or
+            a fresh run would append to an existing non-empty store. When training starts: if
+            the log-spaced schedule cannot be planned (unbounded training), or a probe cannot be
+            run through the model or its class count differs from the model's output width.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_manifold import ManifoldCallback, ProbeSet, Schedule
+        >>> x, y = torch.randn(64, 8), torch.arange(64) % 3
+        >>> probe = ProbeSet.from_tensors(x, y, name="train")
+        >>> manifold = ManifoldCallback(probe, schedule=Schedule(log_spaced=20))
+        >>> trainer = Trainer(max_steps=200, callbacks=[manifold])
+
+    Extending: the capture pipeline is :meth:`_capture` (every rank: predict and gather; rank
+    zero: validity and metrics, returns one :class:`~lightning_manifold.snapshot.Snapshot` per
+    probe) followed by :meth:`_handle_snapshot` per snapshot on rank zero (warnings, store,
+    scalars). Further stages (online embedding, sinks) belong after the store in
+    :meth:`_handle_snapshot`.
+    """
+
+    def __init__(
+        self,
+        probes: ProbeSet | Sequence[ProbeSet],
+        *,
+        schedule: Schedule | None = None,
+        dirpath: str | os.PathLike[str] | None = None,
+        run_name: str | None = None,
+        log_scalars: bool = True,
+        dtype: torch.dtype = torch.float32,
+        ignorance_warning: float | None = 0.5,
+    ) -> None:
+        self._probes: list[ProbeSet] = _validate_probes(probes)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"`schedule` must be a Schedule or None, got {type(schedule).__name__}")
+        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
+            raise TypeError(
+                f"`dirpath` must be a str, a Path or None, got {type(dirpath).__name__}"
+            )
+        if run_name is not None and (
+            not isinstance(run_name, str)
+            or not run_name
+            or run_name in (".", "..")
+            or any(sep in run_name for sep in "/\\")
+        ):
+            raise ValueError(
+                f"`run_name` must be a non-empty string without path separators, got {run_name!r}"
+            )
+        if dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+        if ignorance_warning is not None and (
+            isinstance(ignorance_warning, bool)
+            or not isinstance(ignorance_warning, (int, float))
+            or not ignorance_warning > 0
+        ):
+            raise ValueError(
+                f"`ignorance_warning` must be a positive number or None, got {ignorance_warning!r}"
+            )
+
+        self.schedule: Schedule = schedule if schedule is not None else Schedule()
+        self.log_scalars = bool(log_scalars)
+        self.dtype = dtype
+        self.ignorance_warning = None if ignorance_warning is None else float(ignorance_warning)
+        self._dirpath_arg: Path | None = None if dirpath is None else Path(dirpath)
+        self._run_name_arg: str | None = run_name
+
+        # Per-fit state, (re)set in `setup`, resolved in `setup` / `on_train_start`.
+        self.dirpath: Path | None = None
+        self.run_name: str | None = None
+        self._store_paths: dict[str, str] = {}
+        self._stores: dict[str, TrajectoryStore] = {}
+        self._writer: _BackgroundWriter | None = None  # rank zero, during training
+        self._previous: dict[str, tuple[int, Tensor]] = {}  # probe -> (step, (N, C) sqrt-probs)
+        self._shards: dict[str, ProbeSet] = {}
+        self._validated: set[str] = set()
+        self._restored: dict[str, Any] | None = None
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def probes(self) -> list[ProbeSet]:
+        """The probe sets, in the order given."""
+        return list(self._probes)
+
+    @property
+    def probe_names(self) -> list[str]:
+        """Names of the probe sets, in the order given."""
+        return [p.name for p in self._probes]
+
+    @property
+    def store_paths(self) -> dict[str, str]:
+        """``{probe name: store directory}`` of the current run (rank zero, from training start)."""
+        return dict(self._store_paths)
+
+    @property
+    def stores(self) -> dict[str, TrajectoryStore]:
+        """``{probe name: TrajectoryStore}`` being written (rank zero, from training start)."""
+        return dict(self._stores)
+
+    @property
+    def last_captured_step(self) -> int | None:
+        """The ``global_step`` of the most recent capture, ``None`` before the first one."""
+        return self.schedule.last_taken
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(probes=tuple(self.probe_names))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # A checkpoint must not claim captures that are not on disk yet.
+        self._flush_writes()
+        return {
+            "schedule": self.schedule.state_dict(),
+            "last_step": self.schedule.last_taken,
+            "run_name": self.run_name,
+            "dirpath": None if self.dirpath is None else str(self.dirpath),
+            "store_paths": dict(self._store_paths),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied in `on_train_start`: Lightning restores callbacks after `setup`, and the
+        # trainer's global step only after that.
+        self._restored = dict(state_dict)
+
+    # ------------------------------------------------------------------ hooks
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._reset_fit_state()
+        if self.log_scalars and not trainer.loggers:
+            self._warn_once(
+                "no-logger",
+                "ManifoldCallback: the Trainer has no logger, so no scalars are logged (the "
+                "trajectory is still stored). Attach a logger or pass `log_scalars=False`.",
+            )
+        dirpath = self._resolve_dirpath(trainer)  # collective: trainer.log_dir broadcasts
+        run_name = self._resolve_run_name(trainer, dirpath)
+        dirpath_str, run_name = trainer.strategy.broadcast((str(dirpath), run_name))
+        self.dirpath, self.run_name = Path(dirpath_str), run_name
+        error = self._check_output_dir(trainer) if trainer.is_global_zero else None
+        error = trainer.strategy.broadcast(error)
+        if error is not None:
+            raise ValueError(error)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._apply_restored_state()
+        self._bind_schedule(trainer)
+        error = None
+        if trainer.is_global_zero:
+            try:
+                self._open_stores(trainer)
+            except Exception as err:  # every rank must reach the broadcast below
+                error = f"ManifoldCallback: cannot open the trajectory stores: {err}"
+        error = trainer.strategy.broadcast(error)
+        if error is not None:
+            raise ValueError(error)
+        if trainer.is_global_zero:
+            self._writer = _BackgroundWriter()
+        if self.schedule.last_taken is None and self.schedule.at_fit_start:
+            self._maybe_capture(trainer, pl_module)  # also validates the probes
+        else:
+            self._check_probes(trainer, pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step != self.schedule.last_taken and self.schedule.should_capture_step(step):
+            self._maybe_capture(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.schedule.should_capture_epoch_end(trainer.current_epoch):
+            self._maybe_capture(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.schedule.at_fit_end:
+            self._maybe_capture(trainer, pl_module)
+        self._flush_writes()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._close_writer()  # keep every completed capture
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._close_writer()
+            self._shards.clear()
+            self._previous.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_writer"] = None  # a thread does not pickle (ddp_spawn pickles callbacks)
+        return state
+
+    # ------------------------------------------------------------------ capture pipeline
+
+    def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Capture at ``trainer.global_step`` unless already done; never crash the training.
+
+        The schedule's gate (``take``) makes each step captured at most once. Configuration
+        errors found while running a probe for the first time are raised; any other failure is
+        reported once with ``rank_zero_warn`` and the capture (or the one snapshot) is skipped.
+        """
+        step = trainer.global_step
+        if not self.schedule.take(step):
+            return
+        if self._writer is not None:
+            self._report_write_errors(self._writer.pop_errors())
+        try:
+            snapshots = self._capture(trainer, pl_module)
+        except _FatalCaptureError as fatal:
+            raise fatal.original from None
+        except Exception as err:
+            self._warn_once(
+                "capture-error",
+                f"ManifoldCallback: the capture at step {step} failed and was skipped "
+                f"({type(err).__name__}: {err}). Training continues; later failures are "
+                "skipped without a warning.",
+            )
+            return
+        for snapshot in snapshots:
+            try:
+                self._handle_snapshot(trainer, snapshot)
+            except Exception as err:
+                self._warn_once(
+                    "handle-error",
+                    f"ManifoldCallback: storing or logging the snapshot of probe "
+                    f"{snapshot.probe!r} at step {step} failed ({type(err).__name__}: {err}). "
+                    "Training continues; later failures are skipped without a warning.",
+                )
+
+    def _capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Snapshot]:
+        """Run every probe through ``pl_module`` at the current step.
+
+        Every rank must call this (the probe slices are gathered with a collective).
+
+        Returns:
+            On rank zero one :class:`Snapshot` per probe, with (N, C) log-probabilities on the
+            module's device, ``valid`` and, when valid, the metrics; ``[]`` on other ranks.
+        """
+        step, epoch, wall_time = trainer.global_step, trainer.current_epoch, time.time()
+        snapshots: list[Snapshot] = []
+        with self._no_trace(trainer, pl_module):
+            outputs = [(p, self._predict(trainer, pl_module, p)) for p in self._probes]
+        if not trainer.is_global_zero:
+            return snapshots
+        for probe, log_probs in outputs:  # (N, C) each; metrics outside autocast
+            labels = probe.labels_on(log_probs.device)
+            valid = bool(torch.isfinite(log_probs).all())
+            metrics = self._metrics(probe.name, step, log_probs, labels) if valid else {}
+            snapshots.append(
+                Snapshot(
+                    probe=probe.name,
+                    step=step,
+                    epoch=epoch,
+                    log_probs=log_probs,
+                    labels=labels,
+                    wall_time=wall_time,
+                    valid=valid,
+                    metrics=metrics,
+                )
+            )
+        return snapshots
+
+    def _handle_snapshot(self, trainer: pl.Trainer, snapshot: Snapshot) -> None:
+        """Rank zero: report faults, append the snapshot to its store, log its scalars.
+
+        The store write runs on the background writer thread (in order); everything else here
+        runs on the training thread.
+        """
+        self._report(snapshot)
+        store = self._stores.get(snapshot.probe)
+        if store is not None:
+            append = functools.partial(
+                store.append,
+                snapshot.log_probs.detach(),
+                step=snapshot.step,
+                epoch=snapshot.epoch,
+                wall_time=snapshot.wall_time,
+                metrics=dict(snapshot.metrics),
+                valid=snapshot.valid,
+            )
+            if self._writer is not None:
+                self._writer.submit(append)
+            else:
+                append()
+        if self.log_scalars and trainer.loggers:
+            values = snapshot.metrics if snapshot.valid else {"valid": 0.0}
+            scalars = {f"manifold/{snapshot.probe}/{key}": v for key, v in values.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=snapshot.step)
+
+    def _predict(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet
+    ) -> Tensor:
+        """(N, C) log-probabilities of ``pl_module`` on ``probe``, in probe order, on every rank.
+
+        Under DDP each rank predicts its fixed equal slice and the slices are gathered in rank
+        order (a collective: every rank must call this).
+        """
+        local = self._predict_local(trainer, pl_module, probe)  # (ceil(N / W), C)
+        return gather_probe(probe, local, pl_module.all_gather, trainer.world_size)
+
+    @contextmanager
+    def _no_trace(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
+        """Run forward passes that leave no trace on training.
+
+        Every submodule's ``training`` flag and the global RNG states (Python, numpy, torch CPU
+        and CUDA) are restored on exit, no autograd graph is built, and the trainer's precision
+        context (autocast) applies. In eval mode BatchNorm leaves its running statistics alone and
+        Dropout draws no random numbers, but user forward hooks might: hence the RNG states.
+        """
+        with (
+            preserved_rng_state(),
+            torch.no_grad(),
+            evaluation_mode(pl_module),
+            trainer.precision_plugin.forward_context(),
+        ):
+            yield
+
+    def _predict_local(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet
+    ) -> Tensor:
+        """(n, C) log-probabilities on this rank's slice of ``probe``; call inside ``_no_trace``.
+
+        ``pl_module`` itself is called, never the DDP wrapper, so no gradient-synchronisation
+        state changes.
+
+        Raises:
+            _FatalCaptureError: the probe's class count differs from the model's output width, or
+                the probe cannot be run (``ValueError`` / ``TypeError``) the first time it is.
+        """
+        local_probe = self._local_probe(probe, trainer.global_rank, trainer.world_size)
+        try:
+            local = local_probe.predict(pl_module, dtype=self.dtype)
+        except (ValueError, TypeError) as err:
+            if probe.name in self._validated:
+                raise
+            raise _FatalCaptureError(_with_probe_name(err, probe.name)) from err
+        if probe.name not in self._validated:
+            try:
+                probe.check_num_classes(local.shape[1])
+            except ValueError as err:
+                raise _FatalCaptureError(err) from err
+            self._validated.add(probe.name)
+        return local
+
+    def _local_probe(self, probe: ProbeSet, rank: int, world_size: int) -> ProbeSet:
+        """This rank's fixed equal slice of ``probe`` (the probe itself in a single process)."""
+        if world_size <= 1:
+            return probe
+        if probe.name not in self._shards:
+            self._shards[probe.name] = probe.shard(rank, world_size)
+        return self._shards[probe.name]
+
+    def _metrics(self, name: str, step: int, log_probs: Tensor, labels: Tensor) -> dict[str, float]:
+        """Scalars of one valid snapshot (keys: :data:`METRIC_NAMES`, ``speed`` when defined).
+
+        Args:
+            name: probe name (for the previous snapshot used by ``speed``).
+            step: the snapshot's optimizer step.
+            log_probs: (N, C) finite log-probabilities.
+            labels: (N,) int64 labels on the same device.
+        """
+        projection = F.geodesic_projection_from_log_probs(log_probs, labels)
+        values: dict[str, Tensor] = {
+            "progress": projection.progress,
+            "distance_to_ignorance": F.distance_to_ignorance_from_log_probs(log_probs),
+            "distance_to_truth": F.distance_to_truth_from_log_probs(log_probs, labels),
+            "distance_to_geodesic": projection.distance,
+            "error": (log_probs.argmax(dim=-1) != labels).double().mean(),
+            "cross_entropy": -log_probs.gather(-1, labels[:, None]).double().mean(),
+        }
+        sqrt_probs = (0.5 * log_probs).exp()  # (N, C); validated above by the F calls
+        previous = self._previous.get(name)
+        if previous is not None and step > previous[0]:
+            d_b = F.bhattacharyya_from_sqrt(previous[1], sqrt_probs)  # eq. 2.2.2
+            values["speed"] = d_b / (step - previous[0])
+        self._previous[name] = (step, sqrt_probs)
+        stacked = torch.stack([v.detach().reshape(()).double() for v in values.values()])
+        return dict(zip(values.keys(), stacked.tolist()))  # one transfer for all scalars
+
+    def _check_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Validate every probe with one forward of its local slice, without capturing.
+
+        Configuration errors raise; any other failure is reported once and left to the captures
+        (which never crash training).
+        """
+        for probe in self._probes:
+            try:
+                with self._no_trace(trainer, pl_module):
+                    self._predict_local(trainer, pl_module, probe)
+            except _FatalCaptureError as fatal:
+                raise fatal.original from None
+            except Exception as err:
+                self._warn_once(
+                    "check-error",
+                    f"ManifoldCallback: probe {probe.name!r} could not be run through the model "
+                    f"({type(err).__name__}: {err}); its captures are skipped while this lasts.",
+                )
+
+    def _report(self, snapshot: Snapshot) -> None:
+        """Rank zero: warn (once) about a diverged model or a step-0 model far from ignorance."""
+        if not snapshot.valid:
+            self._warn_once(
+                f"invalid-{snapshot.probe}",
+                f"ManifoldCallback: the model's outputs on probe {snapshot.probe!r} contain NaN or "
+                f"inf at step {snapshot.step} (diverged?). The snapshot is stored as invalid and "
+                "training continues; later invalid snapshots are recorded without a warning.",
+            )
+            return
+        if snapshot.step != 0 or self.ignorance_warning is None:
+            return
+        n, c = snapshot.log_probs.shape
+        if c < 2:
+            return
+        uniform = F.ignorance(n, c, dtype=torch.float64, device=snapshot.labels.device)
+        reference = float(F.distance_to_truth(uniform, snapshot.labels))  # log(C) / 2
+        distance = snapshot.metrics.get("distance_to_ignorance", math.nan)
+        if distance > self.ignorance_warning * reference:
+            self._warn_once(
+                f"far-{snapshot.probe}",
+                f"ManifoldCallback: at step 0 the model on probe {snapshot.probe!r} is far from "
+                f"ignorance: d_B(P, P0) = {distance:.3g}, {distance / reference:.0%} of "
+                f"d_B(P0, P*) = {reference:.3g}. Trajectories are comparable when they start "
+                "near ignorance. A common cause is BatchNorm running statistics initialised at "
+                "mean 0 / variance 1 (thesis fig. 2.12); fix it by running a few forward passes "
+                "in train mode on training batches before training, e.g. "
+                "`model.train(); with torch.no_grad(): [model(x) for x, _ in batches]`.",
+            )
+
+    # ------------------------------------------------------------------ run bookkeeping
+
+    def _reset_fit_state(self) -> None:
+        self._close_writer()
+        self.dirpath = None
+        self.run_name = None
+        self._store_paths = {}
+        self._stores = {}
+        self._previous = {}
+        self._shards = {}
+        self._validated = set()
+        self._restored = None
+        self.schedule.reset()
+
+    def _resolve_dirpath(self, trainer: pl.Trainer) -> Path:
+        """``dirpath``, else ``<trainer.log_dir or default_root_dir>/manifold``. Collective."""
+        if self._dirpath_arg is not None:
+            return self._dirpath_arg.expanduser()
+        log_dir = trainer.log_dir  # broadcasts: every rank must call it
+        return Path(log_dir if log_dir is not None else trainer.default_root_dir) / "manifold"
+
+    def _resolve_run_name(self, trainer: pl.Trainer, dirpath: Path) -> str:
+        """``run_name``, else the first logger's version, else a timestamp new in ``dirpath``."""
+        if self._run_name_arg is not None:
+            return self._run_name_arg
+        if trainer.loggers:
+            version = trainer.loggers[0].version
+            if isinstance(version, int):
+                return f"version_{version}"
+            if isinstance(version, str) and version and not any(s in version for s in "/\\"):
+                return version
+        base = time.strftime("%Y%m%d-%H%M%S")
+        name, i = base, 1
+        while (dirpath / name).exists():
+            name, i = f"{base}-{i}", i + 1
+        return name
+
+    def _check_output_dir(self, trainer: pl.Trainer) -> str | None:
+        """Rank zero: ``None`` if the stores can be written, else a one-line error message.
+
+        Never raises: the other ranks wait for the answer in a broadcast.
+        """
+        assert self.dirpath is not None
+        assert self.run_name is not None
+        try:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.dirpath, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            return (
+                f"`dirpath` must be a writable directory, got '{self.dirpath}' "
+                f"({type(err).__name__}: {err.strerror or err})"
+            )
+        if trainer.ckpt_path is not None:
+            return None  # resuming: the checkpoint names the store to continue
+        for name in self.probe_names:  # a fresh run must not append to an old trajectory
+            path = self.dirpath / self.run_name / name
+            if not (path / "manifest.json").exists():
+                continue
+            try:
+                count = len(TrajectoryStore(path))
+            except Exception as err:
+                return f"ManifoldCallback: '{path}' holds an unreadable trajectory store: {err}"
+            if count > 0:
+                return (
+                    f"`run_name` must name a new run, got {self.run_name!r} whose store "
+                    f"'{path}' already holds {count} snapshots; choose another run_name or "
+                    "dirpath, or resume with `trainer.fit(..., ckpt_path=...)`"
+                )
+        return None
+
+    def _bind_schedule(self, trainer: pl.Trainer) -> None:
+        """Bind the schedule's horizon to the planned number of optimizer steps (unless given)."""
+        if self.schedule.log_spaced is None:
+            return
+        self.schedule.bind(trainer.estimated_stepping_batches)
+
+    def _apply_restored_state(self) -> None:
+        """On resume: adopt the checkpoint's schedule (and gate), run name and store paths."""
+        state, self._restored = self._restored, None
+        if not state:
+            return
+        if isinstance(state.get("schedule"), dict):
+            self.schedule.load_state_dict(state["schedule"])
+        elif state.get("last_step") is not None:
+            self.schedule.take(int(state["last_step"]))
+        if state.get("run_name"):
+            if self._run_name_arg is not None and self._run_name_arg != state["run_name"]:
+                self._warn_once(
+                    "resume-run-name",
+                    f"ManifoldCallback: resuming the checkpoint's run {state['run_name']!r}; "
+                    f"`run_name` = {self._run_name_arg!r} is ignored.",
+                )
+            self.run_name = str(state["run_name"])
+        if state.get("dirpath"):
+            self.dirpath = Path(state["dirpath"])
+        paths = state.get("store_paths") or {}
+        self._store_paths = {k: str(v) for k, v in paths.items() if k in self.probe_names}
+
+    def _open_stores(self, trainer: pl.Trainer) -> None:
+        """Rank zero: continue the checkpoint's stores, rolled back to the last step captured
+        before the checkpoint, or create new ones at ``<dirpath>/<run_name>/<probe>``."""
+        assert self.dirpath is not None
+        assert self.run_name is not None
+        last = self.schedule.last_taken
+        for probe in self._probes:
+            resumed = self._store_paths.get(probe.name)
+            if resumed is not None and not (Path(resumed) / "manifest.json").exists():
+                self._warn_once(
+                    f"missing-store-{probe.name}",
+                    f"ManifoldCallback: the checkpoint's store for probe {probe.name!r} at "
+                    f"'{resumed}' is missing; a new store is started.",
+                )
+                resumed = None
+            path = (
+                Path(resumed) if resumed is not None else self.dirpath / self.run_name / probe.name
+            )
+            store = TrajectoryStore.create(
+                path,
+                labels=probe.labels,
+                num_classes=probe.num_classes,
+                probe_name=probe.name,
+                run_name=TrajectoryStore(path).run_name if resumed else self.run_name,
+                meta=self._store_meta(trainer),
+                dtype=self.dtype,
+            )
+            if resumed is not None:
+                store.rollback_to(-1 if last is None else last)
+                self._previous_from_store(probe.name, store, trainer)
+            elif len(store) > 0:
+                raise ValueError(
+                    f"`run_name` must name a new run, got {self.run_name!r} whose store '{path}' "
+                    "already holds snapshots"
+                )
+            self._stores[probe.name] = store
+            self._store_paths[probe.name] = str(path)
+
+    def _previous_from_store(self, name: str, store: TrajectoryStore, trainer: pl.Trainer) -> None:
+        """Remember the last valid stored snapshot, so ``speed`` continues across a resume."""
+        valid = store.valid
+        if not valid.any():
+            return
+        log_probs = store.log_probs(valid_only=True)[-1]  # (N, C)
+        step = int(store.steps[valid][-1])
+        device = trainer.strategy.root_device
+        log_probs_t = torch.tensor(log_probs, dtype=self.dtype, device=device)
+        self._previous[name] = (step, (0.5 * log_probs_t).exp())
+
+    def _store_meta(self, trainer: pl.Trainer) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.state_dict(),
+            "world_size": trainer.world_size,
+            "lightning_version": pl.__version__,
+            "torch_version": torch.__version__,
+        }
+
+    def _flush_writes(self) -> None:
+        """Wait for the pending store writes (rank zero) and report their failures."""
+        if self._writer is not None:
+            self._report_write_errors(self._writer.flush())
+
+    def _close_writer(self) -> None:
+        """Finish the pending store writes and stop the writer thread."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._report_write_errors(writer.close())
+
+    def _report_write_errors(self, errors: list[Exception]) -> None:
+        for err in errors:
+            self._warn_once(
+                "write-error",
+                f"ManifoldCallback: writing a snapshot to the store failed "
+                f"({type(err).__name__}: {err}). Training continues; later failures are "
+                "skipped without a warning.",
+            )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message, category=RuntimeWarning)
+
+
+def _with_probe_name(err: Exception, name: str) -> Exception:
+    """The same kind of error with the probe's name in front of its message."""
+    try:
+        return type(err)(f"probe {name!r}: {err}")
+    except Exception:  # an exception type with another constructor signature
+        return ValueError(f"probe {name!r}: {type(err).__name__}: {err}")
+
+
+def _validate_probes(probes: ProbeSet | Sequence[ProbeSet]) -> list[ProbeSet]:
+    """A non-empty list of non-empty ProbeSets with distinct names, or a one-line error."""
+    if isinstance(probes, ProbeSet):
+        probes = [probes]
+    elif not isinstance(probes, Sequence) or isinstance(probes, (str, bytes)):
+        raise TypeError(
+            f"`probes` must be a ProbeSet or a sequence of ProbeSets, got {type(probes).__name__}"
+        )
+    probes = list(probes)
+    if not probes:
+        raise ValueError("`probes` must contain at least one ProbeSet, got an empty sequence")
+    for i, probe in enumerate(probes):
+        if not isinstance(probe, ProbeSet):
+            raise TypeError(f"`probes[{i}]` must be a ProbeSet, got {type(probe).__name__}")
+        if probe.num_samples == 0:
+            raise ValueError(f"`probes[{i}]` ({probe.name!r}) must not be empty, got 0 samples")
+    names = [p.name for p in probes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"`probes` must have distinct names, got duplicates {duplicates}")
+    return probes
