@@ -26,7 +26,17 @@ _EXPORTS = {
     "ManifoldFrame": "lightning_manifold.frame",
 }
 
-__all__ = [*sorted(_EXPORTS), "functional"]
+__all__ = [
+    "ManifoldCallback",
+    "ManifoldFrame",
+    "OnlineManifold",
+    "ProbeSet",
+    "ReferenceEmbedding",
+    "Schedule",
+    "Snapshot",
+    "TrajectoryStore",
+    "functional",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_manifold import functional

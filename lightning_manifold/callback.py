@@ -17,7 +17,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,16 @@ from typing_extensions import override
 
 from lightning_manifold import functional as F
 from lightning_manifold._ddp import gather_probe, preserved_rng_state
+from lightning_manifold._names import check_dir_name
+from lightning_manifold.embedding import ReferenceEmbedding
+from lightning_manifold.online import OnlineManifold
 from lightning_manifold.probe import ProbeSet, evaluation_mode
 from lightning_manifold.schedule import Schedule
+from lightning_manifold.sinks import RenderThrottle, SinkGroup, sinks_for_loggers
 from lightning_manifold.snapshot import Snapshot
 from lightning_manifold.store import TrajectoryStore
+
+ReferenceLike = ReferenceEmbedding | str | os.PathLike
 
 __all__ = ["METRIC_NAMES", "ManifoldCallback"]
 
@@ -203,23 +209,41 @@ class ManifoldCallback(Callback):
         log_scalars: bool = True,
         dtype: torch.dtype = torch.float32,
         ignorance_warning: float | None = 0.5,
+        reference: ReferenceLike | Mapping[str, ReferenceLike] | None = None,
+        online: bool = True,
+        plots: bool = True,
+        n_components: int = 3,
+        residual_threshold: float | None = None,
+        distance_threshold: float | None = None,
+        render_budget: float = 0.02,
+        save_reference: bool = False,
+        meta: Mapping[str, Any] | None = None,
+        durable: bool = True,
     ) -> None:
         self._probes: list[ProbeSet] = _validate_probes(probes)
+        self._references = _validate_references(reference, self.probe_names)
+        if self._references and not online:
+            raise ValueError("`reference` needs `online=True` (the reference is used online)")
+        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+            raise ValueError(f"`n_components` must be a positive integer, got {n_components!r}")
+        for name, value in (
+            ("residual_threshold", residual_threshold),
+            ("distance_threshold", distance_threshold),
+        ):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number or None, got {value!r}")
+        if not (isinstance(render_budget, (int, float)) and 0 < render_budget <= 1):
+            raise ValueError(f"`render_budget` must be in (0, 1], got {render_budget!r}")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise TypeError(f"`meta` must be a mapping or None, got {type(meta).__name__}")
         if schedule is not None and not isinstance(schedule, Schedule):
             raise TypeError(f"`schedule` must be a Schedule or None, got {type(schedule).__name__}")
         if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
             raise TypeError(
                 f"`dirpath` must be a str, a Path or None, got {type(dirpath).__name__}"
             )
-        if run_name is not None and (
-            not isinstance(run_name, str)
-            or not run_name
-            or run_name in (".", "..")
-            or any(sep in run_name for sep in "/\\")
-        ):
-            raise ValueError(
-                f"`run_name` must be a non-empty string without path separators, got {run_name!r}"
-            )
+        if run_name is not None:
+            check_dir_name(run_name, "run_name")
         if dtype not in _SUPPORTED_DTYPES:
             raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
         if ignorance_warning is not None and (
@@ -237,6 +261,15 @@ class ManifoldCallback(Callback):
         self.ignorance_warning = None if ignorance_warning is None else float(ignorance_warning)
         self._dirpath_arg: Path | None = None if dirpath is None else Path(dirpath)
         self._run_name_arg: str | None = run_name
+        self.online = bool(online)
+        self.plots = bool(plots)
+        self.n_components = n_components
+        self.residual_threshold = residual_threshold
+        self.distance_threshold = distance_threshold
+        self.render_budget = float(render_budget)
+        self.save_reference = bool(save_reference)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.durable = bool(durable)
 
         # Per-fit state, (re)set in `setup`, resolved in `setup` / `on_train_start`.
         self.dirpath: Path | None = None
@@ -249,6 +282,9 @@ class ManifoldCallback(Callback):
         self._validated: set[str] = set()
         self._restored: dict[str, Any] | None = None
         self._warned: set[str] = set()
+        self._online: dict[str, OnlineManifold] = {}  # rank zero, during training
+        self._sinks: SinkGroup | None = None  # rank zero, during training
+        self.reference_paths: dict[str, str] = {}  # filled at fit end with `save_reference`
 
     # ------------------------------------------------------------------ public state
 
@@ -271,6 +307,11 @@ class ManifoldCallback(Callback):
     def stores(self) -> dict[str, TrajectoryStore]:
         """``{probe name: TrajectoryStore}`` being written (rank zero, from training start)."""
         return dict(self._stores)
+
+    @property
+    def manifolds(self) -> dict[str, OnlineManifold]:
+        """``{probe name: OnlineManifold}`` placing each snapshot on the map (rank zero)."""
+        return dict(self._online)
 
     @property
     def last_captured_step(self) -> int | None:
@@ -332,6 +373,13 @@ class ManifoldCallback(Callback):
                 self._open_stores(trainer)
             except Exception as err:  # every rank must reach the broadcast below
                 error = f"ManifoldCallback: cannot open the trajectory stores: {err}"
+            if error is None:
+                try:
+                    self._start_online(pl_module)
+                except ValueError as err:  # a reference of another probe, a bad file
+                    error = str(err)
+            if error is None:
+                self._start_sinks(trainer)
         error = trainer.strategy.broadcast(error)
         if error is not None:
             raise ValueError(error)
@@ -360,6 +408,14 @@ class ManifoldCallback(Callback):
         if self.schedule.at_fit_end:
             self._maybe_capture(trainer, pl_module)
         self._flush_writes()
+        if trainer.is_global_zero:
+            self._render(trainer.global_step, force=True)  # the final picture, always
+            if self.save_reference:
+                self._save_references()
+            self._close_sinks()
+        # Every rank waits for rank zero's drawing: a rank that tears down its process group
+        # early breaks the connection rank zero still holds.
+        trainer.strategy.barrier("lightning-manifold-fit-end")
 
     @override
     def on_exception(
@@ -371,12 +427,14 @@ class ManifoldCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._close_writer()
+            self._close_sinks()
             self._shards.clear()
             self._previous.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_writer"] = None  # a thread does not pickle (ddp_spawn pickles callbacks)
+        state["_sinks"] = None  # holds loggers' writers; rebuilt at training start
         return state
 
     # ------------------------------------------------------------------ capture pipeline
@@ -415,6 +473,8 @@ class ManifoldCallback(Callback):
                     f"{snapshot.probe!r} at step {step} failed ({type(err).__name__}: {err}). "
                     "Training continues; later failures are skipped without a warning.",
                 )
+        if snapshots:
+            self._render(step)
 
     def _capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Snapshot]:
         """Run every probe through ``pl_module`` at the current step.
@@ -458,24 +518,120 @@ class ManifoldCallback(Callback):
         self._report(snapshot)
         store = self._stores.get(snapshot.probe)
         if store is not None:
-            append = functools.partial(
-                store.append,
-                snapshot.log_probs.detach(),
-                step=snapshot.step,
-                epoch=snapshot.epoch,
-                wall_time=snapshot.wall_time,
-                metrics=dict(snapshot.metrics),
-                valid=snapshot.valid,
-            )
+            append = functools.partial(store.append_snapshot, snapshot)
             if self._writer is not None:
                 self._writer.submit(append)
             else:
                 append()
+        values = dict(snapshot.metrics) if snapshot.valid else {"valid": 0.0}
+        if snapshot.valid:
+            values = {**self._place_on_manifold(snapshot), **values}
         if self.log_scalars and trainer.loggers:
-            values = snapshot.metrics if snapshot.valid else {"valid": 0.0}
             scalars = {f"manifold/{snapshot.probe}/{key}": v for key, v in values.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=snapshot.step)
+
+    def _place_on_manifold(self, snapshot: Snapshot) -> dict[str, float]:
+        """Rank zero: the online module's scalars for a valid snapshot (coordinates, residual,
+        reference distance, ahead/behind, per-class progress); ``{}`` if it fails (warned once:
+        the snapshot is already stored and its basic scalars still get logged)."""
+        online = self._online.get(snapshot.probe)
+        if online is None:
+            return {}
+        try:
+            result = online.update(snapshot)
+        except Exception as err:
+            self._warn_once(
+                f"online-error-{snapshot.probe}",
+                f"ManifoldCallback: placing the snapshot of probe {snapshot.probe!r} at step "
+                f"{snapshot.step} on the manifold failed ({type(err).__name__}: {err}); it is "
+                "stored and its basic scalars are logged. Later failures are not reported.",
+            )
+            return {}
+        return {} if result is None else result.scalars()
+
+    def _start_online(self, pl_module: pl.LightningModule) -> None:
+        """Rank zero: one OnlineManifold per probe (with its reference, if any), caught up with
+        the snapshots already stored when resuming.
+
+        Raises:
+            ValueError: a reference recorded on another probe (different N, C or labels).
+        """
+        self._online = {}
+        if not self.online:
+            return
+        for probe in self._probes:
+            reference = self._references.get(probe.name)
+            if reference is not None and not isinstance(reference, ReferenceEmbedding):
+                reference = ReferenceEmbedding.load(reference)
+            online = OnlineManifold(
+                probe.labels,
+                probe.num_classes,
+                reference=reference,
+                n_components=self.n_components,
+                residual_threshold=self.residual_threshold,
+                distance_threshold=self.distance_threshold,
+                probe=probe.name,
+                device=pl_module.device,
+            )
+            store = self._stores.get(probe.name)
+            if store is not None and len(store):
+                online.replay(store)
+            self._online[probe.name] = online
+
+    def _start_sinks(self, trainer: pl.Trainer) -> None:
+        """Rank zero: figure sinks chosen from ``trainer.loggers`` (files for none/CSV)."""
+        self._sinks = None
+        if not (self.plots and self._online):
+            return
+        assert self.dirpath is not None
+        assert self.run_name is not None
+        try:
+            sinks = sinks_for_loggers(trainer.loggers, self.dirpath / self.run_name)
+        except Exception as err:
+            self._warn_once("sinks", f"ManifoldCallback: no figures will be drawn ({err}).")
+            return
+        throttle = RenderThrottle(max_fraction_of_time=self.render_budget)
+        self._sinks = SinkGroup(sinks, throttle=throttle)
+
+    def _render(self, step: int, *, force: bool = False) -> None:
+        """Rank zero: draw the probes' manifold frames if the render budget allows (or forced).
+
+        Frames are built only when a render happens; sink failures are warned once by the
+        sink group and never reach training.
+        """
+        if self._sinks is None or not self._online:
+            return
+        run = self.run_name or ""
+        frames = [
+            functools.partial(online.frame, title=f"{run} · {name}".strip(" ·"))
+            for name, online in self._online.items()
+            if len(online)
+        ]
+        if frames:
+            self._sinks.log_frames(frames, step, force=force)
+
+    def _close_sinks(self) -> None:
+        sinks, self._sinks = self._sinks, None
+        if sinks is not None:
+            sinks.close()
+
+    def _save_references(self) -> None:
+        """Rank zero, fit end: fit a ReferenceEmbedding on each probe's finished trajectory and
+        save it as ``<store>/reference.npz`` (this run becomes the baseline of the next)."""
+        for name, store in self._stores.items():
+            path = Path(self._store_paths[name]) / "reference.npz"
+            try:
+                store.refresh()
+                ReferenceEmbedding.from_store(store).save(path)
+            except Exception as err:
+                self._warn_once(
+                    f"reference-{name}",
+                    f"ManifoldCallback: building the reference of probe {name!r} failed "
+                    f"({type(err).__name__}: {err}).",
+                )
+                continue
+            self.reference_paths[name] = str(path)
 
     def _predict(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet
@@ -741,6 +897,7 @@ class ManifoldCallback(Callback):
                 run_name=TrajectoryStore(path).run_name if resumed else self.run_name,
                 meta=self._store_meta(trainer),
                 dtype=self.dtype,
+                durable=self.durable,
             )
             if resumed is not None:
                 store.rollback_to(-1 if last is None else last)
@@ -766,6 +923,7 @@ class ManifoldCallback(Callback):
 
     def _store_meta(self, trainer: pl.Trainer) -> dict[str, Any]:
         return {
+            **self.meta,
             "schedule": self.schedule.state_dict(),
             "world_size": trainer.world_size,
             "lightning_version": pl.__version__,
@@ -804,6 +962,34 @@ def _with_probe_name(err: Exception, name: str) -> Exception:
         return type(err)(f"probe {name!r}: {err}")
     except Exception:  # an exception type with another constructor signature
         return ValueError(f"probe {name!r}: {type(err).__name__}: {err}")
+
+
+def _validate_references(
+    reference: ReferenceLike | Mapping[str, ReferenceLike] | None, names: list[str]
+) -> dict[str, ReferenceLike]:
+    """``{probe name: reference}``. A single reference goes to the probe of its
+    ``probe_name`` if there is one, else to the first probe."""
+    if reference is None:
+        return {}
+    if isinstance(reference, Mapping):
+        unknown = sorted(set(reference) - set(names))
+        if unknown:
+            raise ValueError(f"`reference` keys must be probe names {names}, got unknown {unknown}")
+        refs = dict(reference)
+    else:
+        target = getattr(reference, "probe_name", "")
+        refs = {target if target in names else names[0]: reference}
+    for name, ref in refs.items():
+        if not isinstance(ref, (ReferenceEmbedding, str, os.PathLike)):
+            raise TypeError(
+                f"`reference` for probe {name!r} must be a ReferenceEmbedding or a path, got "
+                f"{type(ref).__name__}"
+            )
+        if not isinstance(ref, ReferenceEmbedding) and not Path(ref).is_file():
+            raise ValueError(
+                f"`reference` for probe {name!r} must be an existing file, got '{ref}'"
+            )
+    return refs
 
 
 def _validate_probes(probes: ProbeSet | Sequence[ProbeSet]) -> list[ProbeSet]:

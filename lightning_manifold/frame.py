@@ -1,4 +1,4 @@
-"""Plain arrays describing one picture of the manifold: what the online module hands to plots and sinks."""
+"""Plain arrays describing one picture of the manifold (online module -> plots and sinks)."""
 
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset, default_collate
 
+from lightning_manifold._names import check_dir_name
+
 __all__ = [
     "ForwardFn",
     "ProbeSet",
@@ -373,16 +375,7 @@ class ProbeSet:
         batch_size: int = 256,
         num_classes: int | None = None,
     ) -> None:
-        if (
-            not isinstance(name, str)
-            or not name
-            or name in (".", "..")
-            or any(s in name for s in "/\\")
-        ):
-            raise ValueError(
-                "`name` must be a non-empty string usable as a directory name (no '/' or '\\'), "
-                f"got {name!r}"
-            )
+        check_dir_name(name, "name")
         if forward is not None and not callable(forward):
             raise TypeError(f"`forward` must be callable or None, got {type(forward).__name__}")
         if transform is not None and not callable(transform):

@@ -51,6 +51,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightning_manifold._names import check_dir_name
+
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_manifold.snapshot import Snapshot
 
@@ -81,20 +83,6 @@ _RECORD_KEYS = ("index", "step", "epoch", "wall_time", "metrics", "valid", "file
 # --------------------------------------------------------------------------------------------
 # small validators / converters
 # --------------------------------------------------------------------------------------------
-
-
-def _check_name(value: Any, name: str) -> str:
-    if (
-        not isinstance(value, str)
-        or not value
-        or value in (".", "..")
-        or any(s in value for s in "/\\")
-    ):
-        raise ValueError(
-            f"`{name}` must be a non-empty string usable as a directory name (no '/' or '\\'), "
-            f"got {value!r}"
-        )
-    return value
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -337,7 +325,9 @@ class SnapshotArray:
 
 def store_path(root: str | os.PathLike[str], run_name: str, probe_name: str) -> Path:
     """``<root>/<run_name>/<probe_name>``, the directory of one run's store for one probe."""
-    return Path(root) / _check_name(run_name, "run_name") / _check_name(probe_name, "probe_name")
+    return (
+        Path(root) / check_dir_name(run_name, "run_name") / check_dir_name(probe_name, "probe_name")
+    )
 
 
 class TrajectoryStore:
@@ -602,8 +592,8 @@ class TrajectoryStore:
             raise ValueError(
                 f"`num_classes` must be >= max(labels) + 1 = {int(labels_np.max()) + 1}, got {c}"
             )
-        _check_name(probe_name, "probe_name")
-        _check_name(run_name, "run_name")
+        check_dir_name(probe_name, "probe_name")
+        check_dir_name(run_name, "run_name")
         meta_clean = _check_meta(meta)
         dtype_name = _normalise_dtype(dtype)
         path = Path(path)
@@ -816,7 +806,7 @@ class TrajectoryStore:
 
 
 def _dump(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8")
+    return json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def _is_store_manifest(path: Path) -> bool:

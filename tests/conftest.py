@@ -44,6 +44,18 @@ def make_blobs(
     return x.float(), y.long()
 
 
+def probe_blobs(
+    n: int, d: int = 8, C: int = 3, *, seed: int = 0, offset: int = 0
+) -> tuple[Tensor, Tensor]:
+    """n held-out samples from the same blobs as ``make_blobs(..., seed=seed)``.
+
+    The cluster centres depend only on ``seed``, so a probe must use the training seed to ask
+    the model about the task it learns; ``offset`` picks other held-out samples.
+    """
+    x, y = make_blobs(4096 + offset + n, d, C, seed=seed)
+    return x[-n:], y[-n:]
+
+
 def make_loader(
     x: Tensor, y: Tensor, *, batch_size: int = 32, shuffle: bool = True, num_workers: int = 0
 ) -> DataLoader:

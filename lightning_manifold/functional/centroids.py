@@ -31,24 +31,26 @@ def _lambert_w(x: Tensor) -> Tensor:
     return w
 
 
-def _bhattacharyya_centroid(P: Tensor, iters: int = 500, tol: float = 1e-13) -> Tensor:
-    """argmin_Q Σ_i d_B(P_i, Q): per sample, the fixed point r = mean_i s_i / <s_i, r>.
+def _bhattacharyya_centroid(P: Tensor, iters: int = 5000, tol: float = 1e-13) -> Tensor:
+    """argmin_Q Σ_i d_B(P_i, Q), sample by sample, by minorise-maximise (EM) steps.
 
-    On sqrt-probabilities s_i the objective is -Σ_i log <s_i, r> on the unit sphere; its
-    stationarity condition gives the iteration (started from the normalised sqrt-mean).
+    Per sample the objective is ``-Σ_i log Σ_c s_ic sqrt(q_c)`` with ``s_i = sqrt(p_i)``: concave
+    in q after the sign flip, so the maximiser is unique. Jensen's bound with weights
+    ``π_ic ∝ s_ic sqrt(q_c)`` gives the update ``q_c ∝ Σ_i π_ic``, which never decreases the
+    objective (a plain fixed point of the stationarity condition can oscillate on confident
+    models). Started from the normalised sqrt-arithmetic mean (positive wherever any model is).
     """
     S = P.sqrt()
-    r = S.mean(0)
-    r = r / r.norm(dim=-1, keepdim=True)
+    q = _normalise(S.mean(0).square())
     for _ in range(iters):
-        inner = (S * r).sum(-1, keepdim=True).clamp_min(torch.finfo(S.dtype).tiny)
-        r_new = (S / inner).mean(0)
-        r_new = r_new / r_new.norm(dim=-1, keepdim=True)
-        if float((r_new - r).abs().max()) <= tol:
-            r = r_new
-            break
-        r = r_new
-    return r.square()
+        r = q.sqrt()
+        pi = S * r  # (m, N, C)
+        pi = pi / pi.sum(-1, keepdim=True).clamp_min(torch.finfo(S.dtype).tiny)
+        q_new = _normalise(pi.mean(0))
+        if float((q_new - q).abs().max()) <= tol:
+            return q_new
+        q = q_new
+    return q
 
 
 def centroid(P: ArrayLike, kind: str = "arithmetic") -> Tensor:

@@ -8,6 +8,7 @@ within ``P`` (an (m, m) symmetric matrix with zero diagonal).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -40,6 +41,18 @@ __all__ = [
 # per-sample coefficients stays in cache and the Python loop over blocks costs little.
 _SAMPLE_CHUNK = 32
 _MODEL_BLOCK = 200
+# Coefficients per block when few rows meet many columns (one new model against a reference):
+# wider blocks and longer sample chunks there, so a handful of GEMMs covers everything.
+_BLOCK_ELEMENTS = 2**20
+
+
+def _block_shape(m: int, k: int, N: int) -> tuple[int, int, int]:
+    """(rows, cols, samples) of one block: square 200x200x32 blocks for large pairwise jobs,
+    wide ones with long sample chunks for a few rows against many columns."""
+    a = min(m, _MODEL_BLOCK)
+    b = min(k, max(_MODEL_BLOCK, _BLOCK_ELEMENTS // (_SAMPLE_CHUNK * a)))
+    n = min(N, max(_SAMPLE_CHUNK, _BLOCK_ELEMENTS // (a * b)))
+    return a, b, n
 
 
 def _underflow_floor(dtype: torch.dtype) -> float:
@@ -47,28 +60,38 @@ def _underflow_floor(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny ** 0.49
 
 
-def _block_log_bc(S_nm: Tensor, T_nk: Tensor, buf: Tensor) -> Tensor:
+LogFallback = Callable[[Tensor, Tensor, int, int], Tensor]
+
+
+def _block_log_bc(
+    S_nm: Tensor, T_nk: Tensor, buf: Tensor, exact: LogFallback | None = None
+) -> Tensor:
     """Σ_n log Σ_c S[n, i, c] T[n, c, j] for one block of models, one log per many samples.
 
-    S_nm: (N, a, C) and T_nk: (N, C, b) sample-major sqrt-probabilities; buf: scratch of at
-    least (_SAMPLE_CHUNK, a, b). Per-sample coefficients come from a batched GEMM over a chunk
+    S_nm: (N, a, C) and T_nk: (N, C, b) sample-major sqrt-probabilities; buf: scratch of
+    (samples per chunk, >= a, >= b). Per-sample coefficients come from a batched GEMM over a chunk
     of samples and are multiplied into a running product; the log of that product is taken
-    only when it nears the bottom of the normal range. A chunk whose own product falls below
-    the floor (coefficients that are tiny or exactly 0) is summed log by log instead, so the
-    result equals Σ log up to rounding and is -inf only where a coefficient is exactly 0.
-    Returns (a, b).
+    only when it nears the bottom of the normal range. Entries of a chunk whose own product
+    falls below the floor (tiny or zero coefficients) are summed exactly instead: with
+    ``exact(i, j, n0, n1)`` (the Σ_n log-coefficient of the model pairs (i, j) over samples
+    n0:n1, computed in the log domain), else log by log. Returns (a, b).
     """
     N, a, b = S_nm.shape[0], S_nm.shape[1], T_nk.shape[2]
+    chunk = buf.shape[0]
     floor = _underflow_floor(S_nm.dtype)
     acc = torch.zeros((a, b), dtype=S_nm.dtype, device=S_nm.device)
     run = torch.ones((a, b), dtype=S_nm.dtype, device=S_nm.device)
-    for n0 in range(0, N, _SAMPLE_CHUNK):
-        n1 = min(N, n0 + _SAMPLE_CHUNK)
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
         G = torch.bmm(S_nm[n0:n1], T_nk[n0:n1], out=buf[: n1 - n0])
         p = G.prod(0)
         if float(p.min()) < floor:  # rare: recompute the small entries exactly
             small = p < floor
-            acc += torch.where(small, G.log().sum(0), torch.zeros_like(p))
+            if exact is None:
+                acc += torch.where(small, G.log().sum(0), torch.zeros_like(p))
+            else:
+                i, j = small.nonzero(as_tuple=True)
+                acc[i, j] += exact(i, j, n0, n1)
             p = torch.where(small, torch.ones_like(p), p)
         run *= p
         if float(run.min()) < floor:
@@ -77,30 +100,59 @@ def _block_log_bc(S_nm: Tensor, T_nk: Tensor, buf: Tensor) -> Tensor:
     return acc.add_(run.log_())
 
 
-def _pairwise_log_bc(S: Tensor, T: Tensor | None) -> Tensor:
+def _pairwise_log_bc(
+    S: Tensor,
+    T: Tensor | None,
+    log_S: Tensor | None = None,
+    log_T: Tensor | None = None,
+) -> Tensor:
     """Σ_n log Σ_c S[u, n, c] T[v, n, c] for all pairs, blocked over models and samples.
 
     S: (m, N, C), T: (k, N, C) or None (pairs within S: only blocks on or above the diagonal
-    are computed, then mirrored). Returns (m, k).
+    are computed, then mirrored). ``log_S``/``log_T``: the same as log-probabilities, when
+    known, for exact log-domain sums where coefficients underflow. Returns (m, k).
     """
     symmetric = T is None
     m = S.shape[0]
     S_nm = S.transpose(0, 1).contiguous()  # (N, m, C)
     T_nk = S_nm.transpose(1, 2) if symmetric else T.permute(1, 2, 0).contiguous()  # (N, C, k)
+    if symmetric:
+        log_T = log_S
     k = T_nk.shape[2]
     out = torch.empty((m, k), dtype=S.dtype, device=S.device)
-    bs = _MODEL_BLOCK
-    buf = torch.empty((_SAMPLE_CHUNK, min(m, bs), min(k, bs)), dtype=S.dtype, device=S.device)
-    for i0 in range(0, m, bs):
-        i1 = min(m, i0 + bs)
-        for j0 in range(i0 if symmetric else 0, k, bs):
-            j1 = min(k, j0 + bs)
+    ra, cb, chunk = (
+        (_MODEL_BLOCK, _MODEL_BLOCK, _SAMPLE_CHUNK) if symmetric else _block_shape(m, k, S.shape[1])
+    )
+    ra, cb = min(m, ra), min(k, cb)
+    buf = torch.empty((chunk, ra, cb), dtype=S.dtype, device=S.device)
+    for i0 in range(0, m, ra):
+        i1 = min(m, i0 + ra)
+        for j0 in range(i0 if symmetric else 0, k, cb):
+            j1 = min(k, j0 + cb)
+            exact = None
+            if log_S is not None and log_T is not None:
+                exact = _log_domain(log_S, log_T, i0, j0)
             view = buf[:, : i1 - i0, : j1 - j0]
-            acc = _block_log_bc(S_nm[:, i0:i1], T_nk[:, :, j0:j1], view)
+            acc = _block_log_bc(S_nm[:, i0:i1], T_nk[:, :, j0:j1], view, exact)
             out[i0:i1, j0:j1] = acc
             if symmetric and j0 != i0:
                 out[j0:j1, i0:i1] = acc.T
     return out
+
+
+def _log_domain(log_S: Tensor, log_T: Tensor, i0: int, j0: int) -> LogFallback:
+    """Exact Σ_n logsumexp_c (l_u + l_v) / 2 for listed pairs of one block (underflow path)."""
+
+    def exact(i: Tensor, j: Tensor, n0: int, n1: int) -> Tensor:
+        out = torch.empty(i.shape[0], dtype=log_S.dtype, device=log_S.device)
+        step = max(1, 2**22 // max(1, (n1 - n0) * log_S.shape[2]))
+        for s in range(0, i.shape[0], step):
+            u, v = i[s : s + step] + i0, j[s : s + step] + j0
+            pair = 0.5 * (log_S[u, n0:n1] + log_T[v, n0:n1])  # (pairs, n, C)
+            out[s : s + step] = torch.logsumexp(pair, -1).sum(-1)
+        return out
+
+    return exact
 
 
 def _coefficient_blocks(S: Tensor, T: Tensor):
@@ -193,18 +245,28 @@ def bhattacharyya(P: ArrayLike, Q: ArrayLike | None = None) -> Tensor:
 
 
 def bhattacharyya_from_log_probs(log_P: ArrayLike, log_Q: ArrayLike | None = None) -> Tensor:
-    """Bhattacharyya distance (eq. 2.2.2) from log-probabilities.
+    """Bhattacharyya distance (eq. 2.2.2) from log-probabilities (computed in float64).
 
-    Shapes as in :func:`bhattacharyya`; nothing underflows before the square root is taken.
+    Shapes as in :func:`bhattacharyya`; the result has the inputs' floating dtype. Per-sample
+    coefficients that underflow (confident models that disagree) are summed in the log domain,
+    ``logsumexp_c (log p + log q) / 2``, so the distance is finite and exact for every finite
+    log-probability.
     """
-    P3, p_single = check_log_probabilities(log_P, "log_P")
-    S = (0.5 * P3).exp()
+    L3, p_single = check_log_probabilities(log_P, "log_P")
+    out_dtype = L3.dtype
+    L3 = L3.to(torch.float64)
+    S = (0.5 * L3).exp()
+    N = L3.shape[1]
     if log_Q is None:
-        return bhattacharyya_from_sqrt(S[0] if p_single else S)
-    Q3, q_single = check_log_probabilities(log_Q, "log_Q")
-    check_same_space(P3, Q3, "log_P", "log_Q")
-    T = (0.5 * Q3).exp()
-    return bhattacharyya_from_sqrt(S[0] if p_single else S, T[0] if q_single else T)
+        D = _pairwise_log_bc(S, None, L3, None).div_(-N).clamp_min_(0)
+        D.fill_diagonal_(0)
+        return (D[0, 0] if p_single else D).to(out_dtype)
+    M3, q_single = check_log_probabilities(log_Q, "log_Q")
+    check_same_space(L3, M3, "log_P", "log_Q")
+    out_dtype = common_dtype(L3.to(out_dtype), M3)
+    M3 = M3.to(device=L3.device, dtype=torch.float64)
+    D = _pairwise_log_bc(S, (0.5 * M3).exp(), L3, M3).div_(-N).clamp_min_(0)
+    return _squeeze(D, p_single, q_single).to(out_dtype)
 
 
 def bhattacharyya_coefficients(P: Tensor, Q: Tensor) -> Tensor:
@@ -246,24 +308,32 @@ def geodesic_distance(P: ArrayLike, Q: ArrayLike | None = None) -> Tensor:
     S = P3.to(dtype).sqrt()
     T = Q3.to(device=S.device, dtype=dtype).sqrt()
     m, k, N = S.shape[0], T.shape[0], S.shape[1]
+    symmetric = Q is None
     out = torch.empty((m, k), dtype=dtype, device=S.device)
     for i0 in range(0, m, _MODEL_BLOCK):
         i1 = min(m, i0 + _MODEL_BLOCK)
-        for j0 in range(0, k, _MODEL_BLOCK):
+        for j0 in range(i0 if symmetric else 0, k, _MODEL_BLOCK):
             j1 = min(k, j0 + _MODEL_BLOCK)
             acc = torch.zeros((i1 - i0, j1 - j0), dtype=dtype, device=S.device)
             for G in _coefficient_blocks(S[i0:i1], T[j0:j1]):
                 acc += G.clamp_(0, 1).arccos_().sum(0)
             out[i0:i1, j0:j1] = acc / N
-    if Q is None:
-        out.fill_diagonal_(0)
+            if symmetric and j0 != i0:
+                out[j0:j1, i0:i1] = out[i0:i1, j0:j1].T
+    if symmetric:
+        # Diagonal blocks came from one GEMM each: symmetrise them exactly.
+        out = torch.triu(out, 1) + torch.triu(out, 1).T
     return _squeeze(out, p_single, q_single)
 
 
 def _skl(P: Tensor, LP: Tensor, Q: Tensor, LQ: Tensor) -> Tensor:
-    """Pairwise symmetric KL from probabilities and logs (zeros allowed, -inf logs allowed)."""
+    """Pairwise symmetric KL from probabilities and logs (zeros allowed, -inf logs allowed).
+
+    A class has zero probability where its log is -inf: an exp that underflows to 0 from a
+    finite log still counts as a positive probability (its terms come from the logs).
+    """
     N = P.shape[1]
-    zP, zQ = P == 0, Q == 0
+    zP, zQ = torch.isneginf(LP), torch.isneginf(LQ)
     LPf = torch.where(zP, torch.zeros_like(LP), LP).flatten(1)
     LQf = torch.where(zQ, torch.zeros_like(LQ), LQ).flatten(1)
     Pf, Qf = P.flatten(1), Q.flatten(1)

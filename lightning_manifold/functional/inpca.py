@@ -6,6 +6,7 @@ negative eigenvalues kept: they are *time-like* axes that subtract from squared 
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,16 @@ def time_like(eigenvalues: ArrayLike) -> Tensor:
     return as_tensor(eigenvalues, "eigenvalues") < 0
 
 
+def _as_int(value: object, name: str, expected: str) -> int:
+    """An integer (numpy integers too); floats and bools are refused."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise ValueError(f"`{name}` must be {expected}, got {value!r}")
+
+
 def _check_distance_matrix(D: ArrayLike, name: str = "D") -> Tensor:
     t = as_tensor(D, name)
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
@@ -87,7 +98,7 @@ def _check_distance_matrix(D: ArrayLike, name: str = "D") -> Tensor:
 def _check_weights(weights: ArrayLike | None, m: int, like: Tensor) -> Tensor | None:
     if weights is None:
         return None
-    w = as_tensor(weights, "weights").to(device=like.device, dtype=like.dtype)
+    w = as_tensor(weights, "weights", floating=False).to(device=like.device, dtype=like.dtype)
     if w.shape != (m,):
         raise ValueError(f"`weights` must have shape (m,) = ({m},), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or float(w.min()) < 0 or float(w.sum()) <= 0:
@@ -105,10 +116,14 @@ def _centring(D: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor]:
     return r, mu @ r
 
 
-def _deterministic_signs(U: Tensor) -> Tensor:
-    """Flip each column so its largest-|entry| is positive (like sklearn's svd_flip)."""
-    idx = U.abs().argmax(0)
-    s = torch.sign(U[idx, torch.arange(U.shape[1], device=U.device)])
+def _deterministic_signs(U: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Flip each column so its largest-|entry| is positive (like sklearn's svd_flip).
+
+    ``rows``: optional bool mask of the rows that decide (the models that define the axes).
+    """
+    ref = U if rows is None else U[rows]
+    idx = ref.abs().argmax(0)
+    s = torch.sign(ref[idx, torch.arange(U.shape[1], device=U.device)])
     s = torch.where(s == 0, torch.ones_like(s), s)
     return U * s
 
@@ -164,8 +179,12 @@ def inpca(
     """
     Dt = _check_distance_matrix(D)
     m = Dt.shape[0]
-    k = m if n_components is None else n_components
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= m:
+    k = (
+        m
+        if n_components is None
+        else _as_int(n_components, "n_components", f"an integer in [1, {m}]")
+    )
+    if not 1 <= k <= m:
         raise ValueError(f"`n_components` must be an integer in [1, {m}], got {n_components!r}")
     Dt = Dt.to(torch.float64) if Dt.dtype != torch.float64 else Dt
     w = _check_weights(weights, m, Dt)
@@ -183,7 +202,12 @@ def inpca(
         lam, V = _top_eigenpairs(M, k)
         # Eigenvectors of W diag(w): U = diag(w)^(-1/2) V, normalised so Σ w u² = 1.
         U = V / torch.where(sw > 0, sw, torch.ones_like(sw))[:, None]
-    U = _deterministic_signs(U)
+        zero = w == 0
+        if bool(zero.any()):
+            # Models of weight 0 do not shape the axes; like any new model they sit at their
+            # projection (eq. 2.2.9): U_u = (W diag(w) U)_u / λ.
+            U[zero] = (W[zero] * w[None, :]) @ U / lam
+    U = _deterministic_signs(U, None if w is None else w > 0)
     coords = U * lam.abs().sqrt()
     return InPCAResult(
         coords=coords,
@@ -213,17 +237,21 @@ def explained_stress(
         0-dim tensor in [0, 1].
     """
     lam = as_tensor(eigenvalues, "eigenvalues")
+    k = _as_int(k, "k", f"an integer in [0, {lam.numel()}]")
     if lam.ndim != 1 or lam.numel() == 0:
         raise ValueError(
             f"`eigenvalues` must be a non-empty 1-D array, got shape {tuple(lam.shape)}"
         )
-    if not isinstance(k, int) or not 0 <= k <= lam.numel():
+    if not 0 <= k <= lam.numel():
         raise ValueError(f"`k` must be an integer in [0, {lam.numel()}], got {k!r}")
     sq = lam.to(torch.float64).square()
-    total = sq.sum() if total_stress is None else torch.as_tensor(total_stress, dtype=torch.float64)
+    if total_stress is None:  # every eigenvalue is here: sum the tail directly
+        total, rest = sq.sum(), sq[k:].sum()
+    else:
+        total = torch.as_tensor(total_stress, dtype=torch.float64)
+        rest = (total - sq[:k].sum()).clamp_min(0)
     if float(total) <= 0:
         return torch.tensor(1.0, dtype=torch.float64)
-    rest = (total - sq[:k].sum()).clamp_min(0)
     return 1 - (rest / total).sqrt()
 
 
@@ -329,8 +357,11 @@ def project_from_stats(
         mu = None
         own = Dn.mean(1, keepdim=True)
     else:
-        mu = as_tensor(weights, "weights").to(device=U.device, dtype=U.dtype)
-        own = (Dn @ (mu / mu.sum())).unsqueeze(1)
+        mu = as_tensor(weights, "weights", floating=False).to(device=U.device, dtype=U.dtype)
+        if mu.shape != (m,) or float(mu.sum()) <= 0:
+            raise ValueError(f"`weights` must have shape ({m},) and a positive sum")
+        mu = mu * (m / mu.sum())  # the mean-1 normalisation of `inpca`: raw weights work too
+        own = (Dn @ (mu / m)).unsqueeze(1)
     Wn = -0.5 * (Dn - own - r[None, :] + g)
     if mu is not None:
         Wn = Wn * mu[None, :]

@@ -99,7 +99,9 @@ def _end_slope(
     rs = x * math.sin(t) - y * math.cos(t)  # R sin(t - φ)
     den = (q + rs * rs).sqrt()
     terms = rs / den
-    cusp = (rs == 0) & (q <= torch.finfo(q.dtype).tiny)
+    # On the cusp up to rounding: ignorance and truth themselves land here exactly.
+    noise = 32 * torch.finfo(q.dtype).eps
+    cusp = (rs.abs() <= noise) & (q <= noise)
     terms = torch.where(cusp, torch.full_like(terms, side), terms)
     return _mean(terms, w, wsum)
 
@@ -186,17 +188,24 @@ def _solve_block(x: Tensor, y: Tensor, q: Tensor, w: Tensor | None, theta: float
     g, h = _slope_and_curvature(t, x, y, q, w, wsum, ws)
     lo = torch.where(g < 0, t, torch.zeros_like(t))
     hi = torch.where(g < 0, torch.full_like(t, theta), t)
-    done = g == 0
-    for side, end_t, rows in ((1.0, 0.0, g > 0), (-1.0, theta, g < 0)):
+    done = torch.zeros_like(g, dtype=torch.bool)
+    # An end can hold the minimum if the gradient points to it, or if the start is already
+    # there up to rounding (then the gradient's sign is noise).
+    near = 1e-12
+    for side, end_t, rows in (
+        (1.0, 0.0, (g > 0) | (t <= near)),
+        (-1.0, theta, (g < 0) | (t >= theta - near)),
+    ):
         idx = rows.nonzero().squeeze(-1)
         if idx.numel():
             ww = None if w is None else w[idx]
             slope = _end_slope(
                 end_t, x[idx], y[idx], q[idx], ww, None if wsum is None else wsum[idx], side
             )
-            at_end = idx[slope * side >= 0]  # the objective rises from that end: minimum there
+            at_end = idx[(slope * side >= 0) & ~done[idx]]  # objective rises from that end
             t[at_end] = end_t
             done[at_end] = True
+    done |= g == 0  # a stationary start point is the minimum (convexity)
     idx = (~done).nonzero().squeeze(-1)
     if idx.numel() == 0:
         return t
@@ -256,7 +265,7 @@ def _project(
 def _check_weights(weights: ArrayLike | None, N: int) -> Tensor | None:
     if weights is None:
         return None
-    w = as_tensor(weights, "weights")
+    w = as_tensor(weights, "weights", floating=False).to(torch.float64)
     if w.ndim != 1 or w.shape[0] != N:
         raise ValueError(f"`weights` must have shape (N,) = ({N},), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or float(w.min()) < 0 or float(w.sum()) <= 0:
@@ -350,18 +359,24 @@ def per_class_progress_from_log_probs(log_P: ArrayLike, labels: ArrayLike) -> Te
     m, N, C = L.shape
     y = check_labels(labels, N, C).to(L.device)
     x, yy, q = _plane_coordinates(L, y, "log_P")
-    masks = torch.nn.functional.one_hot(y, C).T.to(x.dtype)  # (C, N)
-    present = masks.sum(-1) > 0
     theta = math.acos(1 / math.sqrt(C))
-    out = torch.full((m, C), math.nan, dtype=torch.float64, device=L.device)
-    cls = present.nonzero().squeeze(-1)
-    if cls.numel():
-        # One row per (model, class): only that class's samples, unweighted.
-        rows = []
-        for c in cls.tolist():
-            sel = y == c
-            rows.append((x[:, sel], yy[:, sel], q[:, sel]))
-        for (xc, yc, qc), c in zip(rows, cls.tolist()):
-            out[:, c] = _solve(xc, yc, qc, None, theta) / theta
+    # One padded row per (model, class) holding that class's samples; padding has weight 0.
+    counts = torch.bincount(y, minlength=C)
+    width = int(counts.max())
+    order = torch.argsort(y, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(width, device=y.device)
+    slot = starts[:, None] + pos[None, :]  # (C, width) positions in the class-sorted order
+    real = pos[None, :] < counts[:, None]
+    cols = order[torch.where(real, slot, torch.zeros_like(slot)).clamp_max(N - 1)]  # (C, width)
+    rows = lambda v: v[:, cols].reshape(m * C, width)  # noqa: E731
+    w = real.to(x.dtype).expand(m, C, width).reshape(m * C, width)
+    present = (counts > 0).repeat(m)
+    out = torch.full((m * C,), math.nan, dtype=torch.float64, device=L.device)
+    if bool(present.any()):
+        sel = present.nonzero().squeeze(-1)
+        xs, ys, qs = rows(x)[sel], rows(yy)[sel], rows(q)[sel]
+        out[sel] = _solve(xs, ys, qs, w[sel], theta) / theta
+    out = out.reshape(m, C)
     out = out.to(L.dtype)
     return out[0] if single else out

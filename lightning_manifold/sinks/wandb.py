@@ -1,0 +1,94 @@
+"""Weights & Biases: interactive 3D map, coordinates table and summary image, one dict per capture.
+
+Media go through ``WandbLogger.log_metrics(media, step=step)`` so they line up with
+``trainer/global_step`` like every other logged value (never ``wandb.log(step=...)``). Keys
+(``<probe>`` is the probe name):
+
+* ``manifold/<probe>/manifold_3d`` -- ``wandb.Plotly``: rotatable 3D map, hover shows run, step,
+  progress and error (needs plotly; without it a single warning names the extra).
+* ``manifold/<probe>/coordinates`` -- ``wandb.Table`` with columns ``step, progress, error,
+  pc1..pck, run`` (live run and reference models), for custom W&B charts.
+* ``manifold/<probe>/summary`` -- ``wandb.Image`` of
+  :func:`~lightning_manifold.plots.summary_figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lightning_manifold import plots
+from lightning_manifold._optional import require
+from lightning_manifold.frame import ManifoldFrame
+from lightning_manifold.sinks.base import Renders, Sink, coordinate_table
+
+__all__ = ["WandbSink"]
+
+
+class WandbSink(Sink):
+    """Log manifold media to Weights & Biases through a Lightning ``WandbLogger``.
+
+    Args:
+        logger: the ``WandbLogger`` (anything with ``log_metrics(metrics, step=)``).
+        plotly: log the interactive 3D map.
+        table: log the coordinates table.
+        image: log the summary figure as an image.
+        table_dims: number of coordinates in the table.
+
+    Raises:
+        ModuleNotFoundError: naming ``lightning-manifold[wandb]`` when wandb is not installed.
+    """
+
+    def __init__(
+        self,
+        logger: Any,
+        *,
+        plotly: bool = True,
+        table: bool = True,
+        image: bool = True,
+        table_dims: int = 10,
+    ) -> None:
+        super().__init__()
+        self._wandb = require("wandb", "wandb")
+        if not callable(getattr(logger, "log_metrics", None)):
+            raise TypeError(
+                "`logger` must have a log_metrics(metrics, step=) method, "
+                f"got {type(logger).__name__}"
+            )
+        self.logger = logger
+        self.plotly = plotly
+        self.table = table
+        self.image = image
+        self.table_dims = table_dims
+
+    def media(self, frame: ManifoldFrame, renders: Renders | None = None) -> dict[str, Any]:
+        """The dict of W&B media objects for ``frame`` (keys ``manifold/<probe>/...``)."""
+        wandb = self._wandb
+        renders = renders if renders is not None else Renders(frame)
+        prefix = f"manifold/{frame.probe}"
+        out: dict[str, Any] = {}
+        if self.plotly and self.plotly_available():
+            out[f"{prefix}/manifold_3d"] = wandb.Plotly(renders.plotly())
+        if self.table:
+            columns, rows = coordinate_table(frame, max_dims=self.table_dims)
+            out[f"{prefix}/coordinates"] = wandb.Table(columns=columns, data=rows)
+        if self.image:
+            out[f"{prefix}/summary"] = wandb.Image(
+                renders.array("summary"), caption=f"{plots.LIVE_LABEL}, step {frame.step}"
+            )
+        return out
+
+    def log_frame(self, frame: ManifoldFrame, step: int, renders: Renders | None = None) -> None:
+        """Log the media of ``frame`` in one ``log_metrics`` call at ``step``."""
+        self.log_frames([(frame, renders if renders is not None else Renders(frame))], step)
+
+    def log_frames(self, batch: Sequence[tuple[ManifoldFrame, Renders]], step: int) -> None:
+        """Log the media of every probe captured at ``step`` in a single ``log_metrics`` call."""
+        media: dict[str, Any] = {}
+        for frame, renders in batch:
+            media.update(self.media(frame, renders))
+        if media:
+            self.logger.log_metrics(media, step=int(step))
+
+    def __repr__(self) -> str:
+        return f"WandbSink(plotly={self.plotly}, table={self.table}, image={self.image})"
