@@ -114,7 +114,18 @@ class TimedManifoldCallback(ManifoldCallback):
         self.capture_events += 1
 
 
-def run_once(cfg: Config, with_callback: bool, workdir: Path, tag: str) -> tuple[float, float, int]:
+#: The variants timed in each round: no callback, the default callback, the callback without
+#: figures (so the fixed cost of drawing the final picture is visible separately).
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "without": None,
+    "default": {},
+    "plots=False": {"plots": False},
+}
+
+
+def run_once(
+    cfg: Config, callback_kwargs: dict[str, Any] | None, workdir: Path, tag: str
+) -> tuple[float, float, int]:
     """One seeded training run; returns (fit seconds, seconds inside captures, captures)."""
     x, y, xv, yv = make_data(cfg)
     pl.seed_everything(0, verbose=False)
@@ -122,12 +133,14 @@ def run_once(cfg: Config, with_callback: bool, workdir: Path, tag: str) -> tuple
     loader = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size, shuffle=True)
     callbacks: list[pl.Callback] = []
     cb: TimedManifoldCallback | None = None
-    if with_callback:
+    if callback_kwargs is not None:
         probes = [
             ProbeSet.from_tensors(x[: cfg.probe_size], y[: cfg.probe_size], name="train"),
             ProbeSet.from_tensors(xv[: cfg.probe_size], yv[: cfg.probe_size], name="val"),
         ]
-        cb = TimedManifoldCallback(probes, dirpath=workdir / "manifold", run_name=tag)
+        cb = TimedManifoldCallback(
+            probes, dirpath=workdir / "manifold", run_name=tag, **callback_kwargs
+        )
         callbacks.append(cb)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -155,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short smoke run (a few seconds)")
     parser.add_argument("--pairs", type=int, default=None, help="number of A/B pairs")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="without --steps: choose the steps so a run without the callback lasts about this "
+        "long (the issue asks for a run of about a minute)",
+    )
     args = parser.parse_args(argv)
 
     cfg = QUICK if args.quick else Config()
@@ -173,21 +193,36 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="manifold-overhead-") as tmp:
         workdir = Path(tmp)
         warm = Config(**{**cfg.__dict__, "max_steps": min(cfg.max_steps, 20)})
-        run_once(warm, True, workdir, "warmup")  # imports, allocator, kernels
-        ratios, capture_fractions = [], []
+        run_once(warm, {}, workdir, "warmup")  # imports, allocator, kernels
+        if not args.quick and args.steps is None:
+            probe = Config(**{**cfg.__dict__, "max_steps": 1000})
+            per_step = run_once(probe, None, workdir, "calibrate")[0] / 1000
+            cfg = Config(**{**cfg.__dict__, "max_steps": int(args.seconds / per_step)})
+            print(f"calibrated: {cfg.max_steps} steps for ~{args.seconds:.0f} s", flush=True)
+        ratios: dict[str, list[float]] = {k: [] for k in VARIANTS if k != "without"}
+        inside_fraction: dict[str, list[float]] = {k: [] for k in ratios}
         for i in range(cfg.pairs):
-            base, _, _ = run_once(cfg, False, workdir, f"plain{i}")
-            timed, inside, captures = run_once(cfg, True, workdir, f"manifold{i}")
-            ratios.append(timed / base)
-            capture_fractions.append(inside / base)
+            times = {}
+            for name, kwargs in VARIANTS.items():  # alternate the variants within each round
+                seconds, inside, captures = run_once(cfg, kwargs, workdir, f"{name}{i}")
+                times[name] = seconds
+                if kwargs is not None:
+                    ratios[name].append(seconds / times["without"])
+                    inside_fraction[name].append(inside / times["without"])
             print(
-                f"pair {i}: without {base:7.2f} s  with {timed:7.2f} s  ratio {timed / base:.4f}"
-                f"  ({captures} captures, {inside:.2f} s inside = {inside / base:.2%})",
+                f"round {i}: without {times['without']:7.2f} s  "
+                + "  ".join(
+                    f"{n} {times[n]:7.2f} s (x{times[n] / times['without']:.4f})" for n in ratios
+                )
+                + f"  ({captures} captures)",
                 flush=True,
             )
-    median = statistics.median(ratios)
-    print(f"median ratio with/without: {median:.4f}  (target <= 1.03)")
-    print(f"median capture time / baseline: {statistics.median(capture_fractions):.2%}")
+    for name in ratios:
+        print(
+            f"median ratio {name}/without: {statistics.median(ratios[name]):.4f}  "
+            f"(target <= 1.03); time inside captures: "
+            f"{statistics.median(inside_fraction[name]):.2%} of the baseline"
+        )
     return 0
 
 

@@ -78,7 +78,10 @@ def _plane_coordinates(log_P: Tensor, labels: Tensor, name: str) -> tuple[Tensor
     S = log_P.to(torch.float64).mul(0.5).exp_()  # sqrt-probabilities; exp(-inf) = 0
     norm2 = torch.linalg.vector_norm(S, dim=-1).square_()  # Σ_c p = 1 for normalised rows
     check_row_sums(norm2, name)
-    a = S.sum(-1).mul_(cos_t)
+    # Σ_c as a matrix-vector product: reductions over a short class axis are slow.
+    a = (S.reshape(-1, C) @ torch.full((C,), cos_t, dtype=S.dtype, device=S.device)).view(
+        S.shape[:2]
+    )
     b = S.gather(-1, labels.view(1, -1, 1).expand(S.shape[0], -1, 1)).squeeze(-1)
     y = (b - a * cos_t).div_(sin_t)
     q = (norm2 - a * a - y * y).clamp_(min=torch.finfo(torch.float64).tiny)
@@ -97,12 +100,13 @@ def _end_slope(
     A term sitting exactly on its cusp there contributes ``side`` (|t - φ| seen from inside).
     """
     rs = x * math.sin(t) - y * math.cos(t)  # R sin(t - φ)
-    den = (q + rs * rs).sqrt()
-    terms = rs / den
+    terms = rs / torch.addcmul(q, rs, rs).sqrt_()
     # On the cusp up to rounding: ignorance and truth themselves land here exactly.
     noise = 32 * torch.finfo(q.dtype).eps
-    cusp = (rs.abs() <= noise) & (q <= noise)
-    terms = torch.where(cusp, torch.full_like(terms, side), terms)
+    near_plane = q <= noise
+    if bool(near_plane.any()):
+        cusp = near_plane & (rs.abs() <= noise)
+        terms = torch.where(cusp, torch.full_like(terms, side), terms)
     return _mean(terms, w, wsum)
 
 
