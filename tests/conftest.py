@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
@@ -54,6 +55,37 @@ def probe_blobs(
     """
     x, y = make_blobs(4096 + offset + n, d, C, seed=seed)
     return x[-n:], y[-n:]
+
+
+def full_batch_trajectory(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int = 40,
+    n_capture: int = 14,
+    lr: float = 0.5,
+) -> tuple[Tensor, np.ndarray]:
+    """Train ``model`` by full-batch SGD in a plain loop, capturing along the way.
+
+    Returns:
+        (T, N, C) float64 log-probabilities on ``x`` at step 0 and about ``n_capture``
+        log-spaced steps up to ``steps``, and the (T,) int64 steps.
+    """
+    capture = set(np.unique(np.round(np.geomspace(1, steps, n_capture)).astype(int)).tolist())
+    capture.add(0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    out, at = [], []
+    for s in range(steps + 1):
+        if s in capture:
+            with torch.no_grad():
+                out.append(torch.log_softmax(model(x).double(), -1))
+            at.append(s)
+        if s < steps:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return torch.stack(out), np.array(at, dtype=np.int64)
 
 
 def make_loader(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import full_batch_trajectory
 
 from lightning_manifold.embedding import (
     _TENSOR_FIELDS,
@@ -38,19 +39,7 @@ def train_run(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 40, lr: float = 0.5
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Full-batch SGD; (T, N, C) float64 log-probabilities at log-spaced steps, and the steps."""
-    capture = set(np.unique(np.round(np.geomspace(1, steps, 14)).astype(int)).tolist()) | {0}
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    out, at = [], []
-    for s in range(steps + 1):
-        if s in capture:
-            with torch.no_grad():
-                out.append(torch.log_softmax(model(x).double(), -1))
-            at.append(s)
-        if s < steps:
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    return torch.stack(out), np.array(at, dtype=np.int64)
+    return full_batch_trajectory(model, x, y, steps=steps, n_capture=14, lr=lr)
 
 
 def mlp(seed: int, d: int = 20) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import full_batch_trajectory
 from scipy.optimize import minimize_scalar
 
 from lightning_manifold import embedding as embedding_module
@@ -40,20 +41,7 @@ def train_run(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 60, n_capture: int = 20
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Full-batch SGD (lr 0.5); (T, N, C) float64 log-probabilities at log-spaced steps."""
-    capture = set(np.unique(np.round(np.geomspace(1, steps, n_capture)).astype(int)).tolist())
-    capture.add(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    out, at = [], []
-    for s in range(steps + 1):
-        if s in capture:
-            with torch.no_grad():
-                out.append(torch.log_softmax(model(x).double(), -1))
-            at.append(s)
-        if s < steps:
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    return torch.stack(out), np.array(at, dtype=np.int64)
+    return full_batch_trajectory(model, x, y, steps=steps, n_capture=n_capture)
 
 
 def mlp(seed: int) -> torch.nn.Module:
