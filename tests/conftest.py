@@ -6,6 +6,7 @@ Everything here is importable at module level (``from conftest import TinyClassi
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -55,6 +56,18 @@ def probe_blobs(
     """
     x, y = make_blobs(4096 + offset + n, d, C, seed=seed)
     return x[-n:], y[-n:]
+
+
+def teacher_data(n: int = 240, d: int = 20, C: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Gaussian inputs labelled by a random one-hidden-layer teacher (thesis §2.5.5).
+
+    Returns (n, d) float32 inputs and (n,) int64 labels in [0, C) (argmax of the teacher).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w1 = torch.randn(d, 50, generator=g) / math.sqrt(d)
+    w2 = torch.randn(50, C, generator=g) / math.sqrt(50)
+    return x, (torch.relu(x @ w1) @ w2).argmax(1)
 
 
 def full_batch_trajectory(

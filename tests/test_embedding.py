@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import full_batch_trajectory
+from conftest import teacher_data as _teacher
 
 from lightning_manifold.embedding import (
     _TENSOR_FIELDS,
@@ -28,11 +29,7 @@ C = 5
 
 def teacher_data(n: int = 240, d: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian inputs labelled by a random one-hidden-layer teacher (thesis §2.5.5)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    w1 = torch.randn(d, 50, generator=g) / math.sqrt(d)
-    w2 = torch.randn(50, C, generator=g) / math.sqrt(50)
-    return x, (torch.relu(x @ w1) @ w2).argmax(1)
+    return _teacher(n, d, C, seed)
 
 
 def train_run(

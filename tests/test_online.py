@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import full_batch_trajectory
+from conftest import teacher_data as _teacher
 from scipy.optimize import minimize_scalar
 
 from lightning_manifold import embedding as embedding_module
@@ -30,11 +31,7 @@ D_IN = 20
 
 def teacher_data(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian inputs labelled by a random one-hidden-layer teacher (thesis §2.5.5)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, D_IN, generator=g)
-    w1 = torch.randn(D_IN, 50, generator=g) / math.sqrt(D_IN)
-    w2 = torch.randn(50, C, generator=g) / math.sqrt(50)
-    return x, (torch.relu(x @ w1) @ w2).argmax(1)
+    return _teacher(n, D_IN, C, seed)
 
 
 def train_run(
