@@ -170,6 +170,8 @@ def step_at_progress(steps: np.ndarray, progress: np.ndarray, s: float) -> float
     if len(steps) == 0 or not math.isfinite(s):
         return math.nan
     reached = np.maximum.accumulate(np.asarray(progress, dtype=np.float64))
+    if reached[-1] < s <= reached[-1] + F.PROGRESS_TOLERANCE:
+        s = float(reached[-1])  # the same level, solved alone rather than in a batch
     idx = int(np.searchsorted(reached, s, side="left"))
     if idx >= len(reached):
         return math.nan

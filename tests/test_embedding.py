@@ -14,6 +14,7 @@ import torch
 from conftest import full_batch_trajectory
 from conftest import teacher_data as _teacher
 
+from lightning_manifold import functional as F
 from lightning_manifold.embedding import (
     _TENSOR_FIELDS,
     FORMAT_VERSION,
@@ -306,6 +307,10 @@ def test_step_at_progress_first_crossing():
     assert step_at_progress(steps, prog, 0.7) == pytest.approx(30 + 10 * (0.2 / 0.4))
     assert math.isnan(step_at_progress(steps, prog, 0.95))
     assert step_at_progress(steps, prog, 0.0) == 0
+    # The final level, solved alone instead of in the reference's batch, may come out up to the
+    # solver's tolerance higher: still reached, at the step that reached it.
+    assert step_at_progress(steps, prog, 0.9 + 0.5 * F.PROGRESS_TOLERANCE) == 40
+    assert math.isnan(step_at_progress(steps, prog, 0.9 + 2 * F.PROGRESS_TOLERANCE))
 
 
 def test_projection_input_errors(runs):

@@ -37,6 +37,7 @@ from lightning_manifold.functional.inpca import (
     time_like,
 )
 from lightning_manifold.functional.progress import (
+    PROGRESS_TOLERANCE,
     GeodesicProjection,
     geodesic_projection,
     geodesic_projection_from_log_probs,
@@ -56,6 +57,7 @@ from lightning_manifold.functional.trajectory import (
 
 __all__ = [
     "CENTROIDS",
+    "PROGRESS_TOLERANCE",
     "Alignment",
     "GeodesicProjection",
     "InPCAResult",

@@ -56,19 +56,29 @@ def _sum_tolerance(t: Tensor) -> float:
     return 1e-6 if t.dtype == torch.float64 else 1e-3
 
 
-def check_probabilities(P: ArrayLike, name: str = "P") -> tuple[Tensor, bool]:
+def check_probabilities(
+    P: ArrayLike, name: str = "P", *, values: bool = True
+) -> tuple[Tensor, bool]:
     """Validate probabilities: (N, C) or (m, N, C), finite, non-negative, rows summing to 1.
+
+    With ``values=False`` only the shape is checked here: the caller checks the values on
+    numbers it computes anyway (and calls this again for the exact message when they fail).
 
     Returns:
         The (m, N, C) tensor and ``True`` if the input was a single (N, C) model.
     """
     t, single = _batched(as_tensor(P, name), name, "probabilities")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"`{name}` must be finite probabilities, got NaN or inf entries")
+    if not values:
+        return t, single
+    # Two passes: min propagates NaN, and the row sums catch +inf (no separate isfinite pass).
     low = float(t.min())
+    if low != low:
+        raise ValueError(f"`{name}` must be finite probabilities, got NaN entries")
     if low < 0:
         raise ValueError(f"`{name}` must be non-negative probabilities, got minimum {low:.3g}")
     dev = float((t.sum(-1) - 1).abs().max())
+    if dev == float("inf"):
+        raise ValueError(f"`{name}` must be finite probabilities, got inf entries")
     if dev > _sum_tolerance(t):
         raise ValueError(
             f"`{name}` rows must sum to 1 over the last (class) axis, got a maximum deviation "
@@ -94,7 +104,8 @@ def check_log_probabilities(
 
 def check_row_sums(sums: Tensor, name: str) -> None:
     """Raise unless every per-sample probability total in ``sums`` is 1 within tolerance."""
-    dev = float((sums - 1).abs().max())
+    low, high = (float(v) for v in torch.stack(torch.aminmax(sums)))  # one pass; NaN propagates
+    dev = max(1 - low, high - 1)
     if dev != dev or dev == float("inf"):
         raise ValueError(f"`{name}` must not contain NaN or +inf entries")
     if not dev <= _sum_tolerance(sums):

@@ -11,8 +11,12 @@ where ``R_n cos φ_n = a_n = Σ_c sqrt(p[n, c] / C)`` and
 ``R_n sin φ_n = (b_n - a_n cos θ) / sin θ`` with ``b_n = sqrt(p[n, y_n])``. Because
 ``φ_n >= -(π/2 - θ)`` every term is convex in ``α`` on [0, 1], so the objective is convex;
 a sample on the geodesic (``R_n = 1``) contributes a cusp ``|αθ - φ_n|``. The minimiser is found
-by bisection on the sign of the (sub)gradient with safeguarded Newton steps inside the bracket,
-for many models at once.
+for many models at once by safeguarded Newton steps (a bracket on the sign of the slope), the
+first ones in float32, the last in float64, to ``PROGRESS_TOLERANCE`` (:func:`_newton`).
+
+Speed comes from doing few passes over (models, samples) arrays: the (m, N, C) input is read
+once into per-sample plane coordinates, and each Newton step is about ten elementwise passes
+over chunks small enough to stay in cache.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from lightning_manifold.functional._checks import (
 )
 
 __all__ = [
+    "PROGRESS_TOLERANCE",
     "GeodesicProjection",
     "geodesic_projection",
     "geodesic_projection_from_log_probs",
@@ -41,7 +46,24 @@ __all__ = [
     "progress_from_log_probs",
 ]
 
+#: How closely progress (in units of θ, the angle from ignorance to truth) is solved for:
+#: results of the same model computed alone or in a batch may differ by up to this much.
+PROGRESS_TOLERANCE = 1e-9
 _MAX_ITER = 200
+# Float32 Newton steps run until every row is predicted this close; they keep a curvature for
+# steps within _COARSE_CHORD of it.
+_COARSE = 1e-4
+_COARSE_CHORD = 1e-2
+_COARSE_STEPS = 8
+
+# Elementwise work runs on chunks of rows whose (rows, N) float64 arrays take about 1 MiB, so
+# the dozen passes of one evaluation stay in cache; the solver's bookkeeping runs once per
+# Newton step over all models (a few microseconds per small op add up). The (m, N) arrays are
+# built for at most _SOLVE_ELEMENTS samples x models at a time, which bounds memory.
+_CACHE_ELEMENTS = 1 << 17
+_SOLVE_ELEMENTS = 1 << 22
+# On accelerators large chunks keep the device busy instead.
+_DEVICE_ELEMENTS = 1 << 24
 
 
 class GeodesicProjection(NamedTuple):
@@ -57,213 +79,312 @@ class GeodesicProjection(NamedTuple):
     distance: Tensor
 
 
-def _plane_coordinates(log_P: Tensor, labels: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
+def _chunk_rows(N: int, device: torch.device, elements: int = _CACHE_ELEMENTS) -> int:
+    """Rows of N samples per chunk of about ``elements`` values."""
+    if device.type != "cpu":
+        elements = max(elements, _DEVICE_ELEMENTS)
+    return max(1, elements // N)
+
+
+def _plane_coordinates(
+    src: Tensor, labels: Tensor, from_log: bool, name: str
+) -> tuple[Tensor, Tensor, Tensor]:
     """Coordinates of each sample in the ignorance/truth plane, in float64.
 
-    Also checks that the rows of ``log_P`` are normalised, on the sqrt-probabilities it
-    computes anyway (one pass of ``exp`` instead of two).
+    With ``a = Σ_c sqrt(p_c / C)`` (the Bhattacharyya coefficient with ignorance) and
+    ``b = sqrt(p[y])`` (with the truth): ``x = R cos φ = a``, ``y = R sin φ = (b - a cos θ) /
+    sin θ``. Also checks that every row is normalised, on values computed anyway. The
+    sqrt-probabilities go through one small reused buffer, a few models at a time, so the
+    (m, N, C) input is read once and nothing of its size is allocated.
 
     Args:
-        log_P: (m, N, C) log-probabilities.
+        src: (m, N, C) log-probabilities (``from_log``) or probabilities.
         labels: (N,) int64.
+        from_log: whether ``src`` holds log-probabilities.
         name: argument name for error messages.
 
     Returns:
-        x, y: (m, N) with ``x = R cos φ``, ``y = R sin φ``; q: (m, N) ``1 - R²``, the squared
-        distance of the sample from the plane (clamped at the smallest normal float so the
-        gradient below never divides 0 by 0).
+        xy: (m, 2, N) with ``x`` and ``y`` of each model side by side (one rotation turns
+        them into ``R sin(t - φ)`` and ``R cos(t - φ)``); q: (m, N) ``Σ_c p - R²``, the
+        squared distance of the sample from the plane (at least the smallest normal float,
+        so no gradient divides 0 by 0); sums: (m, 2) ``Σ_n (x, y)``.
     """
-    C = log_P.shape[-1]
+    m, N, C = src.shape
+    kw = {"dtype": torch.float64, "device": src.device}
+    # x and y each contiguous (a (2, m, N) buffer), seen as (m, 2, N) by the rotation
+    planes, q = torch.empty(2, m, N, **kw), torch.empty(m, N, **kw)
     cos_t, sin_t = 1 / math.sqrt(C), math.sqrt(1 - 1 / C)
-    S = log_P.to(torch.float64).mul(0.5).exp_()  # sqrt-probabilities; exp(-inf) = 0
-    norm2 = torch.linalg.vector_norm(S, dim=-1).square_()  # Σ_c p = 1 for normalised rows
-    check_row_sums(norm2, name)
-    # Σ_c as a matrix-vector product: reductions over a short class axis are slow.
-    a = (S.reshape(-1, C) @ torch.full((C,), cos_t, dtype=S.dtype, device=S.device)).view(
-        S.shape[:2]
-    )
-    b = S.gather(-1, labels.view(1, -1, 1).expand(S.shape[0], -1, 1)).squeeze(-1)
-    y = (b - a * cos_t).div_(sin_t)
-    q = (norm2 - a * a - y * y).clamp_(min=torch.finfo(torch.float64).tiny)
-    return a, y, q
+    rows = min(m, _chunk_rows(N * C, src.device, 2 * _CACHE_ELEMENTS))
+    buffer, b_buffer = torch.empty(rows, N, C, **kw), torch.empty(rows, N, 1, **kw)
+    to_a = torch.full((C,), cos_t, **kw)
+    ones = torch.ones(C, **kw)
+    label_index = labels.view(1, N, 1).expand(rows, N, 1).contiguous()
+    # Per chunk: min and max of Σ_c p; checked once, with the row sums of x and y (NaN for
+    # negative probabilities, whose square roots are NaN).
+    stats, sums = torch.empty(-(-m // rows), 2, **kw), torch.empty(2, m, **kw)
+    for k, i in enumerate(range(0, m, rows)):
+        n = min(rows, m - i)
+        P, xi, yi, qi = buffer[:n], planes[0, i : i + n], planes[1, i : i + n], q[i : i + n]
+        chunk = src[i : i + n]
+        if chunk.dtype != P.dtype:  # upcast first: an op into float64 still computes in float32
+            chunk = P.copy_(chunk)
+        if from_log:
+            chunk = torch.exp(chunk, out=P)
+        norm2 = torch.mv(chunk.reshape(n * N, C), ones, out=qi.view(-1))  # Σ_c p: 1 if normed
+        torch.aminmax(norm2, out=(stats[k, 0], stats[k, 1]))
+        S = torch.sqrt(chunk, out=P)
+        torch.mv(S.view(n * N, C), to_a, out=xi.view(-1))
+        b = torch.gather(S, 2, label_index[:n], out=b_buffer[:n]).squeeze(-1)  # sqrt(p[y])
+        torch.add(b, xi, alpha=-cos_t, out=yi).div_(sin_t)
+        qi.addcmul_(xi, xi, value=-1).addcmul_(yi, yi, value=-1)
+        torch.sum(planes[:, i : i + n], -1, out=sums[:, i : i + n])
+    try:
+        check_row_sums(stats.add(sums.sum() * 0), name)
+    except ValueError:
+        if not from_log:  # say exactly what is wrong with the probabilities
+            check_probabilities(src, name)
+        raise
+    q.clamp_(min=torch.finfo(torch.float64).tiny)
+    return planes.transpose(0, 1), q, sums.T
 
 
-def _mean(v: Tensor, w: Tensor | None, wsum: Tensor | None) -> Tensor:
-    return v.mean(-1) if w is None else (v * w).sum(-1) / wsum
+def _weighted_sum(v: Tensor, w: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """Σ_n w_n v[..., n] for (B, N) ``v``; ``w`` is None (all ones), (N,) or (B, N)."""
+    if w is None:
+        return torch.sum(v, -1, out=out)
+    if w.ndim == 1:
+        return torch.mv(v, w, out=out)
+    return torch.linalg.vecdot(v, w, out=out)
 
 
-def _end_slope(
-    t: float, x: Tensor, y: Tensor, q: Tensor, w: Tensor | None, wsum: Tensor | None, side: float
+def _rotation(t: Tensor, *angles: float) -> Tensor:
+    """(B, k, 2) rows ``(sin(t + a), -cos(t + a))`` for each angle ``a``.
+
+    Applied to ``(x, y) = R (cos φ, sin φ)`` a row gives ``R sin(t + a - φ)``: ``a = 0`` is
+    ``R sin s`` and ``a = π/2`` is ``R cos s`` for ``s = t - φ``. One batched matrix product
+    does both at half the cost of the four elementwise passes.
+    """
+    return torch.stack([torch.stack([(t + a).sin(), -(t + a).cos()], -1) for a in angles], 1)
+
+
+class _Objective:
+    """The objective's slope and curvature in t = αθ for (B, N) rows, chunk by chunk.
+
+    With ``s = t - φ``: d/dt arccos(R cos s) = R sin s / sqrt(q + R² sin² s), and the second
+    derivative is R cos s · q / (q + R² sin² s)^(3/2). A term exactly on its cusp (R = 1,
+    s = 0) contributes 0 to the slope (0 is in its subgradient) and an infinite curvature.
+    Sums over samples are not divided by N (or by the total weight): only the Newton step
+    ``slope / curvature`` and the slope's sign are used.
+    """
+
+    def __init__(self, xy: Tensor, q: Tensor, w: Tensor | None) -> None:
+        self.xy, self.q, self.w = xy, q, w
+        self.rows = min(q.shape[0], _chunk_rows(q.shape[1], q.device))
+        self.rotated = torch.empty(self.rows * 2 * q.shape[1], dtype=q.dtype, device=q.device)
+        self.r = torch.empty(self.rows, q.shape[1], dtype=q.dtype, device=q.device)
+        self._split()
+
+    def _split(self) -> None:
+        """Chunk views of the per-row arrays, made once rather than on every evaluation."""
+        n, w = self.rows, self.w
+        ws = w.split(n) if w is not None and w.ndim == 2 else [w] * len(self.q.split(n))
+        self.chunks = list(zip(self.xy.split(n), self.q.split(n), ws))
+
+    def keep(self, rows: Tensor) -> None:
+        """Drop every row not in ``rows`` (solved rows then cost nothing)."""
+        self.xy, self.q = self.xy[rows], self.q[rows]
+        if self.w is not None and self.w.ndim == 2:
+            self.w = self.w[rows]
+        self._split()
+
+    def _weights(self, rows: Tensor) -> Tensor | None:
+        return self.w if self.w is None or self.w.ndim == 1 else self.w[rows]
+
+    def derivatives(self, t: Tensor, curvature: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Slope and (if ``curvature``) curvature at (B,) ``t``; (B,) each."""
+        rot = _rotation(t, 0.0, math.pi / 2) if curvature else _rotation(t, 0.0)
+        g = torch.empty_like(t)
+        h = torch.empty_like(t) if curvature else g
+        n = self.rows
+        for (xy, q, w), rot_i, gi, hi in zip(self.chunks, rot.split(n), g.split(n), h.split(n)):
+            b, k, N = xy.shape[0], rot.shape[1], xy.shape[2]
+            uc = torch.bmm(rot_i, xy, out=self.rotated[: b * k * N].view(b, k, N))
+            u, r = uc[:, 0], self.r[:b]  # u = R sin s
+            torch.addcmul(q, u, u, out=r).sqrt_().reciprocal_()  # rsqrt_ is slower
+            _weighted_sum(u.mul_(r), w, out=gi)
+            if curvature:  # uc[:, 1] = R cos s
+                _weighted_sum(uc[:, 1].mul_(q).mul_(r.pow_(3)), w, out=hi)
+        return g, h if curvature else None
+
+    def end_slope(self, rows: Tensor, t: float, side: float) -> Tensor:
+        """One-sided slope at an end of [0, θ] (side +1: right, -1: left) for ``rows``.
+
+        A term sitting exactly on its cusp there contributes ``side`` (|t - φ| seen from
+        inside).
+        """
+        xy, q = self.xy[rows], self.q[rows]
+        rs = xy[:, 0] * math.sin(t) - xy[:, 1] * math.cos(t)  # R sin(t - φ)
+        terms = rs / torch.addcmul(q, rs, rs).sqrt_()
+        # On the cusp up to rounding: ignorance and truth themselves land here exactly.
+        noise = 32 * torch.finfo(q.dtype).eps
+        near_plane = q <= noise
+        if bool(near_plane.any()):
+            cusp = near_plane & (rs.abs() <= noise)
+            terms = torch.where(cusp, torch.full_like(terms, side), terms)
+        return _weighted_sum(terms, self._weights(rows))
+
+
+def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float) -> Tensor:
+    """Minimise the convex objective over t in [0, θ] from (B,) float64 start points. (B,).
+
+    Newton steps, safeguarded by a bracket on the sign of the slope (bisection when a step
+    leaves the bracket or fails to halve the one before). An end of [0, θ] is tested as the
+    minimum (its one-sided slope, in float64) only when the start is there or the iteration
+    heads for it. A curvature h is kept for chord steps (only the slope is evaluated, about
+    60% of the cost) while every row is within reach of where h was taken.
+
+    First ``coarse`` (the objective in float32: half the memory traffic, twice the SIMD
+    width), until every row's next error is predicted below ``_COARSE`` as K δ² (or for at
+    most ``_COARSE_STEPS`` steps), with
+    K = |h'| / 2h measured from the last two curvatures; chord steps reach ``_COARSE_CHORD``.
+    No row stops there: near the minimum float32 slopes are rounding noise. Then ``fine``
+    (float64), keeping a float64 curvature while it is predicted within 1% of the current
+    one (2 K |t - t_h| <= 0.01). A row stops when its bracket is narrower than
+    ``PROGRESS_TOLERANCE · θ``, or when its step on such a curvature is below that (a Newton
+    step within 1% of exact: the error left is about K δ²).
+    """
+    tol = PROGRESS_TOLERANCE * theta
+    out = t.clone()
+    B = t.shape[0]
+    live = torch.ones(B, dtype=torch.bool, device=t.device)
+    checked = {1.0: torch.zeros_like(live), -1.0: torch.zeros_like(live)}
+    ends = {1.0: 0.0, -1.0: theta}
+    idx = torch.arange(B, device=t.device)
+
+    def test_end(want: Tensor, side: float) -> None:
+        """Finish the rows of ``want`` whose minimum is at the end on ``side``."""
+        rows = want.nonzero().squeeze(-1)
+        if rows.numel():
+            at_end = rows[fine.end_slope(rows, ends[side], side) * side >= 0]
+            out[idx[at_end]] = ends[side]
+            live[at_end] = False
+            checked[side][rows] = True
+
+    # A start at an end up to rounding: the slope there is noise, so test the end itself.
+    near = 1e-12
+    test_end(t <= near, 1.0)
+    test_end((t >= theta - near) & live, -1.0)
+
+    lo, hi = torch.zeros_like(t), torch.full_like(t, theta)
+    halve = hi - lo  # a Newton step must be shorter than half of this
+    # curvature, where it was taken, and K = |h'| / 2h
+    h, t_h, K = torch.zeros_like(t), torch.full_like(t, math.inf), torch.zeros_like(t)
+    f = fine if coarse is None else coarse
+    h_fine = False  # whether h is a float64 curvature
+    for it in range(_MAX_ITER):
+        n_live = int(live.sum())
+        if n_live == 0:
+            return out
+        if n_live <= live.numel() // 2:  # compact: solved rows stop costing passes
+            keep = live.nonzero().squeeze(-1)
+            for obj in (fine, coarse):
+                if obj is not None:
+                    obj.keep(keep)
+            idx, t, lo, hi, halve = idx[keep], t[keep], lo[keep], hi[keep], halve[keep]
+            h, t_h, K, live = h[keep], t_h[keep], K[keep], live[keep]
+            checked = {side: c[keep] for side, c in checked.items()}
+        age = (t - t_h).abs()
+        if f is fine:  # keep a float64 curvature while it is predicted within 1% (2 K age)
+            fresh = not h_fine or bool((live & ~(2 * K * age <= 0.01)).any())
+        else:
+            fresh = bool((live & ~(age <= _COARSE_CHORD)).any())
+        g, h_new = f.derivatives(t.to(f.q.dtype), curvature=fresh)
+        g = g.to(t.dtype)
+        if h_new is not None:
+            h_new = h_new.to(t.dtype)
+            K = (h_new - h).abs_().div_(age).div_(2 * h_new)
+            K = torch.where(age.isfinite() & (age > 0), K, math.inf)  # no earlier curvature
+            h, t_h, h_fine = h_new, t, f is fine
+        neg = g < 0
+        lo = torch.where(neg, t, lo)
+        hi = torch.where(neg, hi, t)
+        step = g / h
+        size = step.abs()
+        newton = t - step
+        # size > 0 also refuses an infinite curvature (a sample exactly on its cusp).
+        ok = (newton >= lo) & (newton <= hi) & (size < 0.5 * halve) & (size > 0)
+        if not bool(ok.all()):  # heading for an end that may hold the minimum: test it once
+            bad = ~ok & live
+            test_end(bad & (g > 0) & (lo == 0) & ~checked[1.0], 1.0)
+            test_end(bad & neg & (hi == theta) & ~checked[-1.0], -1.0)
+        done = live & (ok & (size <= tol) | (hi - lo <= tol) | (g == 0))
+        t = torch.where(ok, newton, torch.where(g == 0, t, 0.5 * (lo + hi)))
+        halve = torch.where(ok, size, hi - lo)
+        if f is coarse:
+            # (A float32 slope of exactly 0 gives 0 * inf = NaN: ready too.)
+            if it >= _COARSE_STEPS or not bool((live & (K * size * size > _COARSE)).any()):
+                f = fine  # the bracket and step history start afresh
+                lo, hi = torch.zeros_like(t), torch.full_like(t, theta)
+                halve = hi - lo
+            continue
+        if bool(done.any()):
+            out[idx[done]] = t[done]
+            live &= ~done
+    out[idx[live]] = t[live]
+    return out
+
+
+def _solve(
+    xy: Tensor, q: Tensor, w: Tensor | None, theta: float, sums: Tensor | None = None
 ) -> Tensor:
-    """One-sided derivative of the objective at an end of [0, θ] (side +1: right, -1: left).
-
-    A term sitting exactly on its cusp there contributes ``side`` (|t - φ| seen from inside).
-    """
-    rs = x * math.sin(t) - y * math.cos(t)  # R sin(t - φ)
-    terms = rs / torch.addcmul(q, rs, rs).sqrt_()
-    # On the cusp up to rounding: ignorance and truth themselves land here exactly.
-    noise = 32 * torch.finfo(q.dtype).eps
-    near_plane = q <= noise
-    if bool(near_plane.any()):
-        cusp = near_plane & (rs.abs() <= noise)
-        terms = torch.where(cusp, torch.full_like(terms, side), terms)
-    return _mean(terms, w, wsum)
-
-
-class _Workspace:
-    """Scratch buffers for :func:`_slope_and_curvature`, reused across Newton iterations.
-
-    Fresh large tensors on CPU cost page faults on every allocation; the solver evaluates the
-    gradient several times on arrays of the same (or shrinking) size.
-    """
-
-    def __init__(self, like: Tensor) -> None:
-        self.rs = torch.empty_like(like)
-        self.d2 = torch.empty_like(like)
-        self.tmp = torch.empty_like(like)
-
-    def views(self, rows: int) -> tuple[Tensor, Tensor, Tensor]:
-        return self.rs[:rows], self.d2[:rows], self.tmp[:rows]
-
-
-def _slope_and_curvature(
-    t: Tensor,
-    x: Tensor,
-    y: Tensor,
-    q: Tensor,
-    w: Tensor | None,
-    wsum: Tensor | None,
-    ws: _Workspace,
-) -> tuple[Tensor, Tensor]:
-    """Gradient and curvature of the objective in t = αθ for (B, N) rows; (B,) each.
-
-    With ``s = t - φ``: d/dt arccos(R cos s) = R sin s / sqrt(q + R² sin² s) and the second
-    derivative is R cos s · q / (q + R² sin² s)^(3/2). A term exactly on its cusp (R = 1, s = 0)
-    contributes 0 to the gradient (0 is in its subgradient).
-    """
-    st, ct = t.sin().unsqueeze(-1), t.cos().unsqueeze(-1)
-    rs, d2, tmp = ws.views(x.shape[0])
-    torch.mul(x, st, out=rs)
-    rs.addcmul_(y, ct, value=-1)  # R sin s
-    torch.addcmul(q, rs, rs, out=d2)  # q + R² sin² s
-    d2.sqrt_()  # now the denominator
-    g = _mean(rs.div_(d2), w, wsum)
-    torch.mul(x, ct, out=tmp)
-    tmp.addcmul_(y, st)  # R cos s
-    tmp.mul_(q)
-    d2.pow_(3)
-    h = _mean(tmp.div_(d2), w, wsum)
-    return g, h
-
-
-_ROW_BLOCK = 128
-
-
-def _solve(x: Tensor, y: Tensor, q: Tensor, w: Tensor | None, theta: float) -> Tensor:
-    """Minimise the convex objective over t in [0, θ] for each of B rows of (B, N). Returns (B,).
-
-    Rows are solved in blocks that stay in cache; converged rows leave the active set.
-    """
-    if x.shape[0] <= _ROW_BLOCK:
-        return _solve_block(x, y, q, w, theta)
-    parts = [
-        _solve_block(
-            x[i : i + _ROW_BLOCK],
-            y[i : i + _ROW_BLOCK],
-            q[i : i + _ROW_BLOCK],
-            None if w is None else w[i : i + _ROW_BLOCK],
-            theta,
-        )
-        for i in range(0, x.shape[0], _ROW_BLOCK)
-    ]
-    return torch.cat(parts)
-
-
-def _solve_block(x: Tensor, y: Tensor, q: Tensor, w: Tensor | None, theta: float) -> Tensor:
-    """Bracketing on the sign of the subgradient with safeguarded Newton steps.
+    """Progress angle t = αθ in [0, θ] minimising the objective, for each of B rows. (B,).
 
     Starts at the angle of the mean sample vector in the plane (the minimiser of the objective
-    linearised around R cos(t - φ) = 1). The sign of the gradient there says which end of
-    [0, θ] could hold a boundary minimum; only that end's one-sided slope is evaluated.
+    linearised around R cos(t - φ) = 1), typically 0.03 from the minimum; :func:`_newton`
+    finishes to ``PROGRESS_TOLERANCE`` (two float32 Newton steps, then a float64 Newton step
+    and a chord step, typically).
+
+    Args:
+        xy: (B, 2, N), q: (B, N) float64 plane coordinates (:func:`_plane_coordinates`).
+        w: None, (N,) or (B, N) float64 sample weights.
+        theta: the angle between ignorance and truth.
+        sums: (B, 2) ``Σ_n w_n (x, y)`` if already known.
     """
-    wsum = None if w is None else w.sum(-1)
-    t = torch.atan2(_mean(y, w, wsum), _mean(x, w, wsum)).clamp_(0, theta)
-    ws = _Workspace(x)
-    g, h = _slope_and_curvature(t, x, y, q, w, wsum, ws)
-    lo = torch.where(g < 0, t, torch.zeros_like(t))
-    hi = torch.where(g < 0, torch.full_like(t, theta), t)
-    done = torch.zeros_like(g, dtype=torch.bool)
-    # An end can hold the minimum if the gradient points to it, or if the start is already
-    # there up to rounding (then the gradient's sign is noise).
-    near = 1e-12
-    for side, end_t, rows in (
-        (1.0, 0.0, (g > 0) | (t <= near)),
-        (-1.0, theta, (g < 0) | (t >= theta - near)),
-    ):
-        idx = rows.nonzero().squeeze(-1)
-        if idx.numel():
-            ww = None if w is None else w[idx]
-            slope = _end_slope(
-                end_t, x[idx], y[idx], q[idx], ww, None if wsum is None else wsum[idx], side
-            )
-            at_end = idx[(slope * side >= 0) & ~done[idx]]  # objective rises from that end
-            t[at_end] = end_t
-            done[at_end] = True
-    done |= g == 0  # a stationary start point is the minimum (convexity)
-    idx = (~done).nonzero().squeeze(-1)
-    if idx.numel() == 0:
-        return t
-    ta, lo, hi, g, h = t[idx], lo[idx], hi[idx], g[idx], h[idx]
-    xa, ya, qa = x[idx], y[idx], q[idx]
-    wa = None if w is None else w[idx]
-    wsa = None if wsum is None else wsum[idx]
-    step_prev = hi - lo
-    # Newton converges quadratically: once its step is below 1e-9 the error left is far
-    # below that; a bracket narrower than tol also stops.
-    tol = 1e-9
-    for it in range(_MAX_ITER):
-        if it:
-            g, h = _slope_and_curvature(ta, xa, ya, qa, wa, wsa, ws)
-            neg = g < 0
-            lo = torch.where(neg, ta, lo)
-            hi = torch.where(neg, hi, ta)
-        newton_step = g / h
-        newton = ta - newton_step
-        ok = (h > 0) & (newton >= lo) & (newton <= hi)
-        ok &= newton_step.abs() < 0.5 * step_prev  # must at least halve the previous step
-        t_new = torch.where(ok, newton, 0.5 * (lo + hi))
-        done = (g == 0) | (ok & (newton_step.abs() <= tol)) | (hi - lo <= tol)
-        t_new = torch.where(g == 0, ta, t_new)
-        step_prev = torch.where(ok, newton_step.abs(), hi - lo)
-        ta = t_new
-        if bool(done.any()):
-            t[idx[done]] = ta[done]
-            keep = ~done
-            if not bool(keep.any()):
-                return t
-            idx, ta, lo, hi, step_prev = idx[keep], ta[keep], lo[keep], hi[keep], step_prev[keep]
-            xa, ya, qa = xa[keep], ya[keep], qa[keep]
-            if wa is not None:
-                wa, wsa = wa[keep], wsa[keep]
-    t[idx] = ta
-    return t
+    if sums is None:
+        sums = xy.sum(-1) if w is None else (xy @ w if w.ndim == 1 else (xy * w[:, None]).sum(-1))
+    t = torch.atan2(sums[:, 1], sums[:, 0]).clamp_(0, theta)
+    f32 = torch.float32
+    q32 = q.to(f32).clamp_(min=torch.finfo(f32).tiny)
+    coarse = _Objective(xy.to(f32), q32, None if w is None else w.to(f32))
+    return _newton(_Objective(xy, q, w), coarse, t, theta)
 
 
 def _project(
-    log_P: Tensor, labels: Tensor, weights: Tensor | None, name: str
+    src: Tensor,
+    labels: Tensor,
+    weights: Tensor | None,
+    name: str,
+    *,
+    from_log: bool,
+    with_distance: bool = True,
 ) -> GeodesicProjection:
-    """Core of :func:`geodesic_projection_from_log_probs` on (m, N, C) input."""
-    C = log_P.shape[-1]
+    """Core of the public functions on (m, N, C) probabilities or log-probabilities."""
+    m, N, C = src.shape
     theta = math.acos(1 / math.sqrt(C))
-    x, y, q = _plane_coordinates(log_P, labels, name)
-    w = None
-    if weights is not None:
-        w = weights.to(device=x.device, dtype=x.dtype).expand_as(x)
-    t = _solve(x, y, q, w, theta)
-    rc = (x * t.cos().unsqueeze(-1) + y * t.sin().unsqueeze(-1)).clamp_(-1, 1)
-    dist = _mean(rc.arccos_(), w, None if w is None else w.sum(-1))
-    out_dtype = log_P.dtype
-    return GeodesicProjection((t / theta).to(out_dtype), dist.to(out_dtype))
+    kw = {"dtype": torch.float64, "device": src.device}
+    w = None if weights is None else weights.to(**kw)
+    t = torch.empty(m, **kw)
+    dist = torch.full((m,), math.nan, **kw)
+    block = _chunk_rows(N, src.device, _SOLVE_ELEMENTS)
+    for i in range(0, m, block):
+        xy, q, sums = _plane_coordinates(src[i : i + block], labels, from_log, name)
+        n = q.shape[0]
+        t[i : i + n] = tb = _solve(xy, q, w, theta, None if w is not None else sums)
+        if with_distance:  # d_G = mean arccos(R cos(t - φ)), eq. 2.5.4
+            rc = torch.bmm(_rotation(tb, math.pi / 2), xy).squeeze(1)
+            _weighted_sum(rc.clamp_(-1, 1).arccos_(), w, out=dist[i : i + n])
+    dist /= N if w is None else w.sum()
+    return GeodesicProjection((t / theta).to(src.dtype), dist.to(src.dtype))
 
 
 def _check_weights(weights: ArrayLike | None, N: int) -> Tensor | None:
@@ -275,6 +396,26 @@ def _check_weights(weights: ArrayLike | None, N: int) -> Tensor | None:
     if not bool(torch.isfinite(w).all()) or float(w.min()) < 0 or float(w.sum()) <= 0:
         raise ValueError("`weights` must be finite, non-negative and not all zero")
     return w
+
+
+def _projection(
+    A: ArrayLike,
+    labels: ArrayLike,
+    weights: ArrayLike | None,
+    *,
+    from_log: bool,
+    with_distance: bool = True,
+) -> GeodesicProjection:
+    """Validate the public arguments and project; 0-dim results for a single (N, C) model."""
+    name = "log_P" if from_log else "P"
+    if from_log:
+        T, single = check_log_probabilities(A, name, normalised=False)
+    else:  # the values are checked on the square roots the projection computes anyway
+        T, single = check_probabilities(A, name, values=False)
+    y = check_labels(labels, T.shape[1], T.shape[2]).to(T.device)
+    w = _check_weights(weights, T.shape[1])
+    res = _project(T, y, w, name, from_log=from_log, with_distance=with_distance)
+    return GeodesicProjection(res.progress[0], res.distance[0]) if single else res
 
 
 def geodesic_projection_from_log_probs(
@@ -294,12 +435,7 @@ def geodesic_projection_from_log_probs(
     Raises:
         ValueError: on wrong shapes, unnormalised rows, NaN, labels out of range.
     """
-    L, single = check_log_probabilities(log_P, "log_P", normalised=False)
-    y = check_labels(labels, L.shape[1], L.shape[2]).to(L.device)
-    res = _project(L, y, _check_weights(weights, L.shape[1]), "log_P")
-    if single:
-        return GeodesicProjection(res.progress[0], res.distance[0])
-    return res
+    return _projection(log_P, labels, weights, from_log=True)
 
 
 def geodesic_projection(
@@ -314,13 +450,11 @@ def geodesic_projection(
 
     Returns:
         :class:`GeodesicProjection` with (m,) tensors (0-dim for a single model).
+
+    Raises:
+        ValueError: on wrong shapes, rows that are not probabilities, labels out of range.
     """
-    P3, single = check_probabilities(P, "P")
-    y = check_labels(labels, P3.shape[1], P3.shape[2]).to(P3.device)
-    res = _project(P3.log(), y, _check_weights(weights, P3.shape[1]), "P")
-    if single:
-        return GeodesicProjection(res.progress[0], res.distance[0])
-    return res
+    return _projection(P, labels, weights, from_log=False)
 
 
 def progress(P: ArrayLike, labels: ArrayLike) -> Tensor:
@@ -341,12 +475,12 @@ def progress(P: ArrayLike, labels: ArrayLike) -> Tensor:
         >>> float(progress(torch.eye(3, dtype=torch.float64), y))
         1.0
     """
-    return geodesic_projection(P, labels).progress
+    return _projection(P, labels, None, from_log=False, with_distance=False).progress
 
 
 def progress_from_log_probs(log_P: ArrayLike, labels: ArrayLike) -> Tensor:
     """Progress (eq. 2.2.4) from log-probabilities; see :func:`progress`."""
-    return geodesic_projection_from_log_probs(log_P, labels).progress
+    return _projection(log_P, labels, None, from_log=True, with_distance=False).progress
 
 
 def per_class_progress_from_log_probs(log_P: ArrayLike, labels: ArrayLike) -> Tensor:
@@ -362,7 +496,7 @@ def per_class_progress_from_log_probs(log_P: ArrayLike, labels: ArrayLike) -> Te
     L, single = check_log_probabilities(log_P, "log_P", normalised=False)
     m, N, C = L.shape
     y = check_labels(labels, N, C).to(L.device)
-    x, yy, q = _plane_coordinates(L, y, "log_P")
+    xy, q, _ = _plane_coordinates(L, y, True, "log_P")
     theta = math.acos(1 / math.sqrt(C))
     # One padded row per (model, class) holding that class's samples; padding has weight 0.
     counts = torch.bincount(y, minlength=C)
@@ -373,14 +507,14 @@ def per_class_progress_from_log_probs(log_P: ArrayLike, labels: ArrayLike) -> Te
     slot = starts[:, None] + pos[None, :]  # (C, width) positions in the class-sorted order
     real = pos[None, :] < counts[:, None]
     cols = order[torch.where(real, slot, torch.zeros_like(slot)).clamp_max(N - 1)]  # (C, width)
-    rows = lambda v: v[:, cols].reshape(m * C, width)  # noqa: E731
-    w = real.to(x.dtype).expand(m, C, width).reshape(m * C, width)
+    w = real.to(q.dtype).expand(m, C, width).reshape(m * C, width)
     present = (counts > 0).repeat(m)
     out = torch.full((m * C,), math.nan, dtype=torch.float64, device=L.device)
     if bool(present.any()):
         sel = present.nonzero().squeeze(-1)
-        xs, ys, qs = rows(x)[sel], rows(yy)[sel], rows(q)[sel]
-        out[sel] = _solve(xs, ys, qs, w[sel], theta) / theta
+        xy_rows = xy[:, :, cols].transpose(1, 2).reshape(m * C, 2, width)
+        q_rows = q[:, cols].reshape(m * C, width)
+        out[sel] = _solve(xy_rows[sel], q_rows[sel], w[sel], theta) / theta
     out = out.reshape(m, C)
     out = out.to(L.dtype)
     return out[0] if single else out
