@@ -182,6 +182,7 @@ class _Objective:
         self.rows = min(q.shape[0], _chunk_rows(q.shape[1], q.device))
         self.rotated = torch.empty(self.rows * 2 * q.shape[1], dtype=q.dtype, device=q.device)
         self.r = torch.empty(self.rows, q.shape[1], dtype=q.dtype, device=q.device)
+        self.s = torch.empty_like(self.r)
         self._split()
 
     def _split(self) -> None:
@@ -200,21 +201,37 @@ class _Objective:
     def _weights(self, rows: Tensor) -> Tensor | None:
         return self.w if self.w is None or self.w.ndim == 1 else self.w[rows]
 
-    def derivatives(self, t: Tensor, curvature: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Slope and (if ``curvature``) curvature at (B,) ``t``; (B,) each."""
+    def derivatives(
+        self, t: Tensor, curvature: bool = True, third: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Slope, curvature (if ``curvature``) and third derivative (if ``third``) at (B,) t.
+
+        The third derivative of arccos(R cos s) is -q R sin s (1 + 3 R² cos² s / D) / D^(3/2)
+        with D = q + R² sin² s. Returns (B,) tensors (None for those not asked for).
+        """
+        third = third and curvature
         rot = _rotation(t, 0.0, math.pi / 2) if curvature else _rotation(t, 0.0)
         g = torch.empty_like(t)
         h = torch.empty_like(t) if curvature else g
+        g3 = torch.empty_like(t) if third else g
         n = self.rows
-        for (xy, q, w), rot_i, gi, hi in zip(self.chunks, rot.split(n), g.split(n), h.split(n)):
+        chunks = zip(self.chunks, rot.split(n), g.split(n), h.split(n), g3.split(n))
+        for (xy, q, w), rot_i, gi, hi, g3i in chunks:
             b, k, N = xy.shape[0], rot.shape[1], xy.shape[2]
             uc = torch.bmm(rot_i, xy, out=self.rotated[: b * k * N].view(b, k, N))
-            u, r = uc[:, 0], self.r[:b]  # u = R sin s
+            u, c, r = uc[:, 0], uc[:, -1], self.r[:b]  # R sin s, R cos s
             torch.addcmul(q, u, u, out=r).sqrt_().reciprocal_()  # rsqrt_ is slower
-            _weighted_sum(u.mul_(r), w, out=gi)
-            if curvature:  # uc[:, 1] = R cos s
-                _weighted_sum(uc[:, 1].mul_(q).mul_(r.pow_(3)), w, out=hi)
-        return g, h if curvature else None
+            _weighted_sum(u.mul_(r), w, out=gi)  # u is now R sin s / sqrt(D)
+            if not curvature:
+                continue
+            if not third:
+                _weighted_sum(c.mul_(q).mul_(r.pow_(3)), w, out=hi)
+                continue
+            qr2 = torch.mul(r, r, out=self.s[:b]).mul_(q)  # q / D
+            c.mul_(r)  # R cos s / sqrt(D)
+            _weighted_sum(torch.mul(c, qr2, out=r), w, out=hi)
+            _weighted_sum(c.square_().mul_(-3).sub_(1).mul_(u).mul_(qr2), w, out=g3i)
+        return g, h if curvature else None, g3 if third else None
 
     def end_slope(self, rows: Tensor, t: float, side: float) -> Tensor:
         """One-sided slope at an end of [0, θ] (side +1: right, -1: left) for ``rows``.
@@ -244,14 +261,15 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
     60% of the cost) while every row is within reach of where h was taken.
 
     First ``coarse`` (the objective in float32: half the memory traffic, twice the SIMD
-    width), until every row's next error is predicted below ``_COARSE`` as K δ² (or for at
-    most ``_COARSE_STEPS`` steps), with
-    K = |h'| / 2h measured from the last two curvatures; chord steps reach ``_COARSE_CHORD``.
-    No row stops there: near the minimum float32 slopes are rounding noise. Then ``fine``
-    (float64), keeping a float64 curvature while it is predicted within 1% of the current
-    one (2 K |t - t_h| <= 0.01). A row stops when its bracket is narrower than
-    ``PROGRESS_TOLERANCE · θ``, or when its step on such a curvature is below that (a Newton
-    step within 1% of exact: the error left is about K δ²).
+    width), until every row's next error is predicted below ``_COARSE`` as K δ², with
+    K = |h'| / 2h measured from the last two curvatures (or for at most ``_COARSE_STEPS``
+    steps); chord steps reach ``_COARSE_CHORD``. No row stops there: near the minimum float32
+    slopes are rounding noise. Then ``fine`` (float64): every fresh curvature comes with the
+    third derivative, so K is known locally (the larger of that and the measured one is
+    used), and a curvature is kept while it is predicted within 1% (2 K |t - t_h| <= 0.01).
+    A row stops when its bracket is narrower than ``PROGRESS_TOLERANCE · θ``, or when its
+    step, or the error predicted to be left after it (K δ² after a Newton step, plus
+    2 K |t - t_h| δ after a chord step), is below that.
     """
     tol = PROGRESS_TOLERANCE * theta
     out = t.clone()
@@ -298,13 +316,15 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
             fresh = not h_fine or bool((live & ~(2 * K * age <= 0.01)).any())
         else:
             fresh = bool((live & ~(age <= _COARSE_CHORD)).any())
-        g, h_new = f.derivatives(t.to(f.q.dtype), curvature=fresh)
+        g, h_new, g3 = f.derivatives(t.to(f.q.dtype), curvature=fresh, third=f is fine)
         g = g.to(t.dtype)
         if h_new is not None:
             h_new = h_new.to(t.dtype)
             K = (h_new - h).abs_().div_(age).div_(2 * h_new)
             K = torch.where(age.isfinite() & (age > 0), K, math.inf)  # no earlier curvature
-            h, t_h, h_fine = h_new, t, f is fine
+            h, t_h, h_fine, age = h_new, t, f is fine, torch.zeros_like(t)
+        if g3 is not None:  # a fresh float64 Newton step leaves about K δ², K = |h'| / 2h
+            K = torch.maximum(K, g3.abs().div_(2 * h))  # local, or over the last step if larger
         neg = g < 0
         lo = torch.where(neg, t, lo)
         hi = torch.where(neg, hi, t)
@@ -317,7 +337,10 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
             bad = ~ok & live
             test_end(bad & (g > 0) & (lo == 0) & ~checked[1.0], 1.0)
             test_end(bad & neg & (hi == theta) & ~checked[-1.0], -1.0)
-        done = live & (ok & (size <= tol) | (hi - lo <= tol) | (g == 0))
+        # The error left: about K δ² after a Newton step, plus 2 K |t - t_h| δ after a chord
+        # step (the kept curvature is off by that fraction), with K measured in float64.
+        small = (size <= tol) | (K * size * (size + 2 * age) <= tol)
+        done = live & (ok & small | (hi - lo <= tol) | (g == 0))
         t = torch.where(ok, newton, torch.where(g == 0, t, 0.5 * (lo + hi)))
         halve = torch.where(ok, size, hi - lo)
         if f is coarse:
@@ -341,8 +364,8 @@ def _solve(
 
     Starts at the angle of the mean sample vector in the plane (the minimiser of the objective
     linearised around R cos(t - φ) = 1), typically 0.03 from the minimum; :func:`_newton`
-    finishes to ``PROGRESS_TOLERANCE`` (two float32 Newton steps, then a float64 Newton step
-    and a chord step, typically).
+    finishes to ``PROGRESS_TOLERANCE`` (typically two float32 Newton steps and a chord step,
+    then one float64 Newton step).
 
     Args:
         xy: (B, 2, N), q: (B, N) float64 plane coordinates (:func:`_plane_coordinates`).
