@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -99,6 +101,35 @@ def full_batch_trajectory(
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     return torch.stack(out), np.array(at, dtype=np.int64)
+
+
+def write_store(
+    root: Path,
+    run: str,
+    labels: Any,
+    num_classes: int,
+    log_probs: Sequence[Any] = (),
+    steps: Sequence[int] | None = None,
+    probe: str = "train",
+) -> Any:
+    """A ``TrajectoryStore`` at ``root/run/probe`` holding ``log_probs`` at ``steps``.
+
+    Non-durable (no fsync), epoch 0; ``steps`` default to 0, 1, 2, ...
+    """
+    from lightning_manifold.store import TrajectoryStore, store_path
+
+    store = TrajectoryStore.create(
+        store_path(root, run, probe),
+        labels=labels,
+        num_classes=num_classes,
+        probe_name=probe,
+        run_name=run,
+        durable=False,
+    )
+    for t, lp in enumerate(log_probs):
+        lp = lp.numpy() if isinstance(lp, Tensor) else lp
+        store.append(lp, step=int(steps[t] if steps is not None else t), epoch=0)
+    return store
 
 
 def make_loader(

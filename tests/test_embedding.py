@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import full_batch_trajectory
+from conftest import full_batch_trajectory, write_store
 from conftest import teacher_data as _teacher
 
 from lightning_manifold import functional as F
@@ -260,19 +260,9 @@ def test_load_refuses_foreign_and_future_files(runs, tmp_path: Path):
 
 
 def test_from_store_and_from_run(runs, tmp_path: Path):
-    store_mod = pytest.importorskip("lightning_manifold.store")
     lp0, s0 = runs["a0"]
     y = runs["y"]
-    store = store_mod.TrajectoryStore.create(
-        tmp_path / "seed0" / "train",
-        labels=y,
-        num_classes=C,
-        probe_name="train",
-        run_name="seed0",
-        durable=False,
-    )
-    for t in range(len(lp0)):
-        store.append(lp0[t].numpy(), step=int(s0[t]), epoch=0, wall_time=0.0, metrics={})
+    store = write_store(tmp_path, "seed0", y, C, lp0, s0)
     store.append(np.full((len(y), C), np.nan), step=1000, epoch=0, wall_time=0.0, valid=False)
     a = ReferenceEmbedding.from_run(tmp_path, "seed0", "train", dtype=torch.float64)
     b = ReferenceEmbedding.fit(lp0, labels=y, steps=[s0], run_names=["seed0"], dtype=torch.float64)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import full_batch_trajectory
+from conftest import full_batch_trajectory, write_store
 from conftest import teacher_data as _teacher
 from scipy.optimize import minimize_scalar
 
@@ -512,19 +512,9 @@ def test_capture_metrics_are_reused(data):
 
 
 def test_replay_from_a_store_equals_live_updates(data, reference, tmp_path: Path):
-    store_mod = pytest.importorskip("lightning_manifold.store")
     y = data["y"]
     lp, steps = data["a1"]
-    store = store_mod.TrajectoryStore.create(
-        tmp_path / "a1" / "train",
-        labels=y,
-        num_classes=C,
-        probe_name="train",
-        run_name="a1",
-        durable=False,
-    )
-    for t in range(len(lp)):
-        store.append(lp[t].numpy(), step=int(steps[t]), epoch=0, wall_time=0.0, metrics={})
+    store = write_store(tmp_path, "a1", y, C, lp, steps)
     replayed = OnlineManifold(y, C, reference=reference, probe="train")
     assert replayed.replay(store) == len(lp)
     live = OnlineManifold(y, C, reference=reference, probe="train")

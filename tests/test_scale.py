@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_store
 
 from lightning_manifold import functional as F
 from lightning_manifold.scale import (
@@ -138,28 +139,10 @@ def test_blocked_rectangular_and_file_sources(tmp_path: Path, traj) -> None:
 
 
 def test_store_source(tmp_path: Path, traj) -> None:
-    from lightning_manifold.store import TrajectoryStore
-
     lp, y, _ = traj
     C = lp.shape[2]
-    a = TrajectoryStore.create(
-        tmp_path / "runA" / "train",
-        labels=y,
-        num_classes=C,
-        probe_name="train",
-        run_name="runA",
-        durable=False,
-    )
-    b = TrajectoryStore.create(
-        tmp_path / "runB" / "train",
-        labels=y,
-        num_classes=C,
-        probe_name="train",
-        run_name="runB",
-        durable=False,
-    )
-    for t in range(5):
-        a.append(lp[t].astype(np.float32), step=t, epoch=0)
+    write_store(tmp_path, "runA", y, C, [lp[t].astype(np.float32) for t in range(5)])
+    b = write_store(tmp_path, "runB", y, C)
     bad = np.full_like(lp[0], np.nan)
     b.append(lp[20], step=0, epoch=0)
     b.append(bad, step=1, epoch=0)  # diverged: recorded invalid, skipped
