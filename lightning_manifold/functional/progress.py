@@ -55,6 +55,7 @@ _MAX_ITER = 200
 _COARSE = 1e-4
 _COARSE_CHORD = 1e-2
 _COARSE_STEPS = 8
+_COARSE_ELEMENTS = 1 << 16  # models x samples from which the float32 steps pay off
 
 # Elementwise work runs on chunks of rows whose (rows, N) float64 arrays take about 1 MiB, so
 # the dozen passes of one evaluation stay in cache; the solver's bookkeeping runs once per
@@ -314,8 +315,8 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
         age = (t - t_h).abs()
         if f is fine:  # keep a float64 curvature while it is predicted within 1% (2 K age)
             fresh = not h_fine or bool((live & ~(2 * K * age <= 0.01)).any())
-        else:
-            fresh = bool((live & ~(age <= _COARSE_CHORD)).any())
+        else:  # chord steps only once K is measured, so the switch below can be decided
+            fresh = bool((live & ~((age <= _COARSE_CHORD) & K.isfinite())).any())
         g, h_new, g3 = f.derivatives(t.to(f.q.dtype), curvature=fresh, third=f is fine)
         g = g.to(t.dtype)
         if h_new is not None:
@@ -376,9 +377,11 @@ def _solve(
     if sums is None:
         sums = xy.sum(-1) if w is None else (xy @ w if w.ndim == 1 else (xy * w[:, None]).sum(-1))
     t = torch.atan2(sums[:, 1], sums[:, 0]).clamp_(0, theta)
-    f32 = torch.float32
-    q32 = q.to(f32).clamp_(min=torch.finfo(f32).tiny)
-    coarse = _Objective(xy.to(f32), q32, None if w is None else w.to(f32))
+    coarse = None
+    if q.numel() >= _COARSE_ELEMENTS:  # below that, per-op overhead outweighs bandwidth
+        f32 = torch.float32
+        q32 = q.to(f32).clamp_(min=torch.finfo(f32).tiny)
+        coarse = _Objective(xy.to(f32), q32, None if w is None else w.to(f32))
     return _newton(_Objective(xy, q, w), coarse, t, theta)
 
 
