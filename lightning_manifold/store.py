@@ -3,22 +3,37 @@
 Layout of a store (one run, one probe)::
 
     <root>/<run_name>/<probe_name>/
-        manifest.json            format, version, names, N, C, dtype, meta, records
+        manifest.json            format, version, names, N, C, dtype, meta, compacted records
+        records-000001.jsonl     the record log: one JSON line per snapshot appended since
         labels.npy               (N,) int64 probe labels, written once
         snapshots/000000.npy     (N, C) log-probabilities of snapshot 0 (float32 or float64)
         snapshots/000001.npy     ...
 
-Each record of the manifest describes one snapshot: ``index``, ``step`` (optimizer updates so
-far), ``epoch``, ``wall_time`` (seconds since the epoch), ``metrics`` (name -> float, e.g. loss
-and error on the probe; NaN/inf are written as the strings ``"nan"``, ``"inf"``, ``"-inf"`` to
-keep strict JSON), ``valid`` (``False`` for a diverged model) and ``file`` (relative path).
+Each record describes one snapshot: ``index``, ``step`` (optimizer updates so far), ``epoch``,
+``wall_time`` (seconds since the epoch), ``metrics`` (name -> float, e.g. loss and error on the
+probe; NaN/inf are written as the strings ``"nan"``, ``"inf"``, ``"-inf"`` to keep strict
+JSON), ``valid`` (``False`` for a diverged model) and ``file`` (``snapshots/<index:06d>.npy``).
+The records are the manifest's ``records`` followed by the lines of the log it names.
 
-Crash safety: a snapshot is first written to a temporary file in ``snapshots/``, flushed,
-fsync'ed and renamed into place; only then is the manifest rewritten the same way (temporary
-file + fsync + ``os.replace``). Readers only look at the manifest, so a crash at any moment
-leaves a readable store listing every completed snapshot; stray temporary files and snapshot
-files that the manifest does not list are ignored (and removed when the store is re-opened for
-appending). Nothing is pickled: ``np.load(..., allow_pickle=False)`` everywhere.
+Appending costs O(1) in time and bytes: the snapshot is written to a temporary file, fsync'ed
+and renamed into place; then one line is appended to the log with a single ``write`` (and
+fsync'ed). Now and then (when the log holds as many records as the manifest, and at least
+:data:`COMPACT_MIN_RECORDS`) the manifest is *compacted*: rewritten atomically (temporary file,
+fsync, rename, fsync of the directory) with every record and the name of a new, empty log; the
+rename is the commit point, after which the old log is deleted. Amortised, a capture writes a
+few record lengths of JSON whatever the length of the run.
+
+Crash safety: a kill at any moment leaves a store that opens and lists every completed
+snapshot. A snapshot file without a record is not listed; a torn last log line (a write cut
+short) is ignored by readers and cut off by the next append. Re-opening for appending
+(:meth:`TrajectoryStore.create`) removes only what this store names and writes: its temporary
+files, stale record logs, and snapshot files ``snapshots/NNNNNN.npy`` at indices that are not
+recorded (files the next appends would overwrite). Links that lead out of the store are never
+followed; every file name a manifest or log gives is checked; every ``.npy`` header is checked
+against the manifest's N, C and dtype before anything is allocated. Nothing is pickled.
+
+Format versions: 2 (manifest + record log) is written; 1 (every record in the manifest) is
+still read, and is converted to 2 by the first write.
 
 Example::
 
@@ -37,47 +52,88 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import json
 import math
 import os
 import re
+import stat
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from lightning_manifold._files import check_inside, load_npy
 from lightning_manifold._names import check_dir_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_manifold.snapshot import Snapshot
 
 __all__ = [
+    "COMPACT_MIN_RECORDS",
     "FORMAT",
     "FORMAT_VERSION",
+    "SkippedStore",
     "SnapshotArray",
+    "StoreError",
+    "StoreWarning",
     "TrajectoryStore",
     "list_stores",
     "load_stores",
+    "scan_stores",
     "store_path",
 ]
 
 FORMAT = "lightning-manifold/trajectory"
 """Value of the manifest's ``format`` field."""
-FORMAT_VERSION = 1
-"""Manifest format version written by this code; newer versions are refused when read."""
+FORMAT_VERSION = 2
+"""Manifest format version written by this code (1 is still read); newer versions are refused."""
+COMPACT_MIN_RECORDS = 1024
+"""The record log is compacted into the manifest once it holds this many records and at least
+as many as the manifest (so a compaction's cost is amortised over as many appends)."""
 
 MANIFEST = "manifest.json"
 LABELS = "labels.npy"
 SNAPSHOTS = "snapshots"
 _TMP_SUFFIX = ".tmp"
+_TEMP_FILE = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 _SNAPSHOT_FILE = re.compile(r"^\d{6,}\.npy$")
+_LOG_FILE = re.compile(r"^records-(\d{6,})\.jsonl$")
 _DTYPES = ("float32", "float64")
 _RECORD_KEYS = ("index", "step", "epoch", "wall_time", "metrics", "valid", "file")
+_FLOAT_WORDS = ("nan", "inf", "-inf")
+
+_HOOK: Callable[[str], None] | None = None
+"""Test hook: called with the name of a point of a write (``"snapshot-written"``,
+``"before-replace:manifest.json"``, ``"compact-committed"``); kill tests stop the process there."""
+
+
+def _hook(point: str) -> None:
+    if _HOOK is not None:
+        _HOOK(point)
+
+
+class StoreError(ValueError):
+    """A trajectory store (or one of its files) is corrupt, hostile or not what was declared.
+
+    The message names the file and says what was expected and what was found.
+    """
+
+
+class StoreWarning(UserWarning):
+    """A store was skipped by :func:`list_stores` (the message names it and says why)."""
+
+
+def _snapshot_name(index: int) -> str:
+    return f"{SNAPSHOTS}/{index:06d}.npy"
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,10 +243,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
-
-
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, durable: bool) -> None:
     """Write ``path`` via a temporary file in the same directory, fsync, ``os.replace``.
 
@@ -204,6 +256,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, durable: bo
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+        _hook(f"before-replace:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -217,8 +270,110 @@ def _save_npy(path: Path, array: np.ndarray, *, durable: bool) -> None:
     _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), durable=durable)
 
 
-def _load_npy(path: Path, *, mmap: bool) -> np.ndarray:
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+def _dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _unlink_regular(path: Path) -> None:
+    """Delete ``path`` if it is a regular file (never a link's target, never a directory)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+# --------------------------------------------------------------------------------------------
+# reading and checking manifests and record logs
+# --------------------------------------------------------------------------------------------
+
+
+def _corrupt(where: str, what: str) -> StoreError:
+    return StoreError(f"{where} is corrupt: {what}")
+
+
+def _check_field_int(value: Any, where: str, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        got = "nothing (missing)" if value is None else repr(value)
+        raise _corrupt(where, f"`{name}` must be an int >= {minimum}, got {got}")
+    return value
+
+
+def _check_header(manifest: dict[str, Any], where: str) -> None:
+    """The static fields of a manifest (everything but the records)."""
+    _check_field_int(manifest.get("num_samples"), where, "num_samples", 1)
+    _check_field_int(manifest.get("num_classes"), where, "num_classes", 1)
+    for key in ("run_name", "probe_name"):
+        if not isinstance(manifest.get(key), str):
+            raise _corrupt(where, f"`{key}` must be a string, got {manifest.get(key)!r}")
+    if manifest.get("dtype") not in (None, *_DTYPES):
+        raise _corrupt(where, f"`dtype` must be float32 or float64, got {manifest.get('dtype')!r}")
+    if manifest.get("labels", LABELS) != LABELS:
+        raise _corrupt(where, f"`labels` must be {LABELS!r}, got {manifest.get('labels')!r}")
+    if not isinstance(manifest.get("meta", {}), dict):
+        raise _corrupt(where, f"`meta` must be an object, got {manifest.get('meta')!r}")
+    if not isinstance(manifest.get("records", []), list):
+        raise _corrupt(where, "`records` must be a list")
+    log = manifest.get("log")
+    if manifest["version"] >= 2 and not (isinstance(log, str) and _LOG_FILE.match(log)):
+        raise _corrupt(where, f"`log` must name a file records-NNNNNN.jsonl, got {log!r}")
+
+
+def _check_record(rec: Any, index: int, last_step: int, where: str) -> dict[str, Any]:
+    """One record: every field present and of the right type, ``file`` the store's own name."""
+    if not isinstance(rec, dict):
+        raise _corrupt(where, f"a record must be an object, got {type(rec).__name__}")
+    missing = [k for k in _RECORD_KEYS if k not in rec]
+    if missing:
+        raise _corrupt(where, f"the record lacks the fields {missing}")
+    if rec["index"] != index or isinstance(rec["index"], bool):
+        raise _corrupt(
+            where, f"`index` must be {index} (records are contiguous), got {rec['index']!r}"
+        )
+    step = _check_field_int(rec["step"], where, "step", 0)
+    if step <= last_step:
+        raise _corrupt(
+            where, f"`step` must be greater than the previous step {last_step}, got {step}"
+        )
+    _check_field_int(rec["epoch"], where, "epoch", 0)
+    wall = rec["wall_time"]
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)):
+        raise _corrupt(where, f"`wall_time` must be a number, got {wall!r}")
+    metrics = rec["metrics"]
+    if not isinstance(metrics, dict) or not all(
+        v is None or v in _FLOAT_WORDS or (isinstance(v, (int, float)) and not isinstance(v, bool))
+        for v in metrics.values()
+    ):
+        raise _corrupt(where, f"`metrics` must map names to numbers, got {metrics!r}")
+    if not isinstance(rec["valid"], bool):
+        raise _corrupt(where, f"`valid` must be true or false, got {rec['valid']!r}")
+    if rec["file"] != _snapshot_name(index):
+        raise _corrupt(
+            where,
+            f"`file` of record {index} must be {_snapshot_name(index)!r} (a file the store "
+            f"names and writes), got {rec['file']!r}",
+        )
+    return rec
+
+
+def _read_log(path: Path, first: int, last_step: int) -> tuple[list[dict[str, Any]], int]:
+    """Records of a log file and the byte length of its complete lines (a torn tail is ignored).
+
+    Raises:
+        FileNotFoundError: no such log (yet).
+        StoreError: a complete line that is not a valid record.
+    """
+    with open(path, "rb") as f:  # the caller checked it is no link out of the store
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    records: list[dict[str, Any]] = []
+    for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+        where = f"record log '{path}' line {n}"
+        try:
+            rec = json.loads(line)
+        except ValueError as err:
+            raise _corrupt(where, f"not valid JSON ({err})") from None
+        records.append(_check_record(rec, first + len(records), last_step, where))
+        last_step = rec["step"]
+    return records, end
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,13 +393,20 @@ class SnapshotArray:
         files: one npy path per snapshot, in time order.
         num_samples: N.
         num_classes: C.
-        dtype: dtype of the stored snapshots.
+        dtype: dtype of the stored snapshots (each file's header must declare it).
+        root: the store directory; a file that is a link out of it is refused.
     """
 
     def __init__(
-        self, files: list[Path], num_samples: int, num_classes: int, dtype: np.dtype | str
+        self,
+        files: list[Path],
+        num_samples: int,
+        num_classes: int,
+        dtype: np.dtype | str,
+        root: Path | None = None,
     ) -> None:
         self._files = list(files)
+        self._root = root
         self._nc = (int(num_samples), int(num_classes))
         self._dtype = np.dtype(dtype)
 
@@ -274,16 +436,18 @@ class SnapshotArray:
     def _load(self, t: int) -> np.ndarray:
         path = self._files[t]
         try:
-            arr = _load_npy(path, mmap=True)
+            return load_npy(
+                path,
+                shape=self._nc,
+                dtype=self._dtype,
+                mmap=True,
+                root=self._root,
+                error=StoreError,
+            )
         except FileNotFoundError as err:
             raise FileNotFoundError(
-                f"snapshot file {str(path)!r} listed in the manifest is missing"
+                f"snapshot file '{path}' listed in the store's records is missing"
             ) from err
-        if arr.shape != self._nc:
-            raise ValueError(
-                f"snapshot file {str(path)!r} must have shape (N, C) = {self._nc}, got {arr.shape}"
-            )
-        return arr
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for t in range(len(self._files)):
@@ -330,21 +494,63 @@ def store_path(root: str | os.PathLike[str], run_name: str, probe_name: str) -> 
     )
 
 
+def _read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The parsed manifest of the store at ``path`` (format and version checked) and its bytes."""
+    if not path.exists():
+        raise FileNotFoundError(f"`path` = '{path}' is not a trajectory store: it does not exist")
+    if not path.is_dir():
+        raise StoreError(f"`path` = '{path}' is a file, not a trajectory store directory")
+    manifest_path = check_inside(path, path / MANIFEST, error=StoreError)
+    try:
+        with open(manifest_path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"`path` = '{path}' is not a trajectory store: {MANIFEST} not found"
+        ) from err
+    except IsADirectoryError as err:
+        raise StoreError(f"'{manifest_path}' is a directory, not a store manifest") from err
+    where = f"store manifest '{manifest_path}'"
+    try:
+        manifest = json.loads(raw)
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise _corrupt(where, f"not valid JSON ({err})") from None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != FORMAT:
+        raise StoreError(
+            f"'{manifest_path}' is not a trajectory store manifest: expected format "
+            f"{FORMAT!r}, got {found!r}"
+        )
+    version = manifest.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _corrupt(where, f"`version` must be an int >= 1, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"'{manifest_path}' has format version {version!r}, this lightning-manifold reads "
+            f"versions 1 to {FORMAT_VERSION}: upgrade lightning-manifold to read it"
+        )
+    _check_header(manifest, where)
+    return manifest, raw
+
+
 class TrajectoryStore:
     """One run's trajectory on one probe, on disk: open to read, or :meth:`create` to append.
 
     ``TrajectoryStore(path)`` opens an existing store; :meth:`create` makes a new one (or
     re-opens an existing one after checking it is the same probe). Either can :meth:`append` and
-    :meth:`rollback_to`; there must be a single writer per store. T is the number of records
-    (valid and invalid); snapshots are read lazily.
+    :meth:`rollback_to`; there must be a single writer per store (one thread at a time; the
+    writing methods hold a lock). T is the number of records (valid and invalid); snapshots are
+    read lazily.
 
     Args:
         path: the store directory ``<root>/<run_name>/<probe_name>``.
 
     Raises:
-        FileNotFoundError: no ``manifest.json`` in ``path``.
-        ValueError: a manifest that is not valid JSON, not a trajectory store, or of a newer
-            format version than this code understands; inconsistent labels.
+        FileNotFoundError: ``path`` does not exist or holds no ``manifest.json``.
+        StoreError: (a ``ValueError``) naming the file: ``path`` is a file; a manifest or record
+            log that is corrupt (not JSON, a missing or mistyped field, a file name that is not
+            the store's own), not a trajectory store, or of a newer format version; labels
+            whose header does not match the manifest; a link out of the store.
 
     Example::
 
@@ -358,57 +564,60 @@ class TrajectoryStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
         self._durable = True
+        self._lock = threading.RLock()
         self._read()
 
     # ---------------------------------------------------------------- reading
 
     def _read(self) -> None:
-        manifest_path = self._path / MANIFEST
+        for _ in range(10):  # a compaction may delete the log between our two reads: retry
+            manifest, raw = _read_manifest(self._path)
+            manifest_path = self._path / MANIFEST
+            records: list[dict[str, Any]] = []
+            last_step = -1
+            for i, rec in enumerate(manifest.get("records", [])):
+                where = f"store manifest '{manifest_path}' record {i}"
+                records.append(_check_record(rec, i, last_step, where))
+                last_step = rec["step"]
+            compacted, log, log_size, log_lines = len(records), manifest.get("log"), 0, 0
+            if log is not None:
+                log_path = check_inside(self._path, self._path / log, error=StoreError)
+                try:
+                    lines, log_size = _read_log(log_path, len(records), last_step)
+                except FileNotFoundError:
+                    with contextlib.suppress(OSError):
+                        if (self._path / MANIFEST).read_bytes() != raw:
+                            continue
+                    lines = []
+                records.extend(lines)
+                log_lines = len(lines)
+            break
+        else:  # pragma: no cover - needs ten compactions during one read
+            raise StoreError(f"'{manifest_path}' kept changing while it was read; try again")
+        for sub in (SNAPSHOTS, LABELS):
+            check_inside(self._path, self._path / sub, error=StoreError)
+        n, c = manifest["num_samples"], manifest["num_classes"]
         try:
-            text = manifest_path.read_text(encoding="utf-8")
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f"`path` = '{self._path}' is not a trajectory store: {MANIFEST} not found"
-            ) from err
-        try:
-            manifest = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"'{manifest_path}' is not valid JSON: {err}") from err
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        if found != FORMAT:
-            raise ValueError(
-                f"'{manifest_path}' is not a trajectory store manifest: expected format "
-                f"{FORMAT!r}, got {found!r}"
+            labels = load_npy(self._path / LABELS, shape=(n,), kinds="iu", error=StoreError)
+        except FileNotFoundError:
+            raise StoreError(
+                f"'{self._path / LABELS}' is missing: the store is incomplete"
+            ) from None
+        if labels.size and (labels.min() < 0 or labels.max() >= c):
+            raise StoreError(
+                f"'{self._path / LABELS}' must hold class indices in [0, {c}) (num_classes in "
+                f"'{manifest_path}'), got values from {labels.min()} to {labels.max()}"
             )
-        version = manifest.get("version")
-        if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
-            raise ValueError(
-                f"'{manifest_path}' has format version {version!r}, this lightning-manifold reads "
-                f"versions 1 to {FORMAT_VERSION}: upgrade lightning-manifold to read it"
-            )
-        labels = _load_npy(self._path / LABELS, mmap=False)
-        if labels.shape != (manifest["num_samples"],) or labels.dtype.kind not in "iu":
-            raise ValueError(
-                f"'{self._path / LABELS}' must be (N,) = ({manifest['num_samples']},) integers, "
-                f"got shape {labels.shape} dtype {labels.dtype}"
-            )
-        records = manifest.get("records", [])
-        for i, rec in enumerate(records):
-            missing = [k for k in _RECORD_KEYS if k not in rec]
-            if missing:
-                raise ValueError(f"'{manifest_path}': record {i} lacks the fields {missing}")
-            rel = Path(rec["file"])
-            if rel.is_absolute() or ".." in rel.parts:
-                raise ValueError(
-                    f"'{manifest_path}': record {i} must name a file inside the store, "
-                    f"got {rec['file']!r}"
-                )
-        self._manifest = manifest
+        self._manifest = {k: v for k, v in manifest.items() if k != "records"}
         self._labels = labels.astype(np.int64, copy=False)
         self._records: list[dict[str, Any]] = records
+        self._compacted = compacted
+        self._log: str | None = log
+        self._log_size = log_size
+        self._log_lines = log_lines
 
     def refresh(self) -> TrajectoryStore:
-        """Re-read the manifest from disk (e.g. to follow a run that is still writing).
+        """Re-read the manifest and record log from disk (e.g. to follow a run still writing).
 
         Returns:
             ``self``.
@@ -535,7 +744,7 @@ class TrajectoryStore:
         """
         records = [r for r in self._records if r["valid"] or not valid_only]
         files = [self._path / r["file"] for r in records]
-        return SnapshotArray(files, self.num_samples, self.num_classes, self.dtype)
+        return SnapshotArray(files, self.num_samples, self.num_classes, self.dtype, self._path)
 
     def snapshot(self, index: int) -> np.ndarray:
         """(N, C) read-only memmap of the log-probabilities of record ``index`` (any validity)."""
@@ -544,6 +753,7 @@ class TrajectoryStore:
             self.num_samples,
             self.num_classes,
             self.dtype,
+            self._path,
         )[0]
 
     # ---------------------------------------------------------------- writing
@@ -564,9 +774,11 @@ class TrajectoryStore:
         """Create a store for appending, or re-open an existing one (resume).
 
         If ``path`` already holds a store with the same labels, C, probe and run names, it is
-        re-opened for appending: leftovers of an interrupted write (temporary files, snapshot
-        files the manifest does not list) are removed, and ``meta`` is merged into the stored
-        metadata. Use :meth:`rollback_to` to drop records written after a checkpoint.
+        re-opened for appending: leftovers of an interrupted write are removed (only what the
+        store names and writes: its temporary files, stale record logs and snapshot files at
+        indices not recorded), a torn last log line is cut off, a format-1 store is converted
+        to format 2, and ``meta`` is merged into the stored metadata. Use :meth:`rollback_to` to
+        drop records written after a checkpoint.
 
         Args:
             path: the store directory, usually :func:`store_path` ``(root, run_name, probe_name)``.
@@ -584,6 +796,7 @@ class TrajectoryStore:
         Raises:
             ValueError: invalid arguments, or an existing store at ``path`` whose labels, C,
                 names or dtype differ (the message says what differs).
+            StoreError: an existing store that is corrupt, or a ``snapshots`` link out of it.
             OSError: ``path`` cannot be created or written (the message names it).
         """
         labels_np = _labels_to_numpy(labels)
@@ -597,8 +810,11 @@ class TrajectoryStore:
         meta_clean = _check_meta(meta)
         dtype_name = _normalise_dtype(dtype)
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"`path` = '{path}' is a file, not a trajectory store directory")
         try:
             path.mkdir(parents=True, exist_ok=True)
+            check_inside(path, path / SNAPSHOTS, error=StoreError)
             (path / SNAPSHOTS).mkdir(exist_ok=True)
             for directory in (path, path / SNAPSHOTS):  # prove we can write there
                 _atomic_write(directory / ".write-test", lambda f: f.write(b""), durable=False)
@@ -607,15 +823,16 @@ class TrajectoryStore:
             raise type(err)(
                 f"cannot write a trajectory store at `path` = '{path}': {err.strerror or err}"
             ) from err
-        if (path / MANIFEST).exists():
+        if (path / MANIFEST).exists() or (path / MANIFEST).is_symlink():
             store = cls(path)
-            store._check_same(labels_np, c, probe_name, run_name, dtype_name)
+            before = copy.deepcopy(store._manifest)
+            store._check_same(labels_np, c, probe_name, run_name, dtype_name)  # may fix dtype
             store._durable = bool(durable)
-            store._remove_leftovers()
-            if meta_clean:
-                merged = {**store._manifest.get("meta", {}), **meta_clean}
-                if merged != store._manifest.get("meta", {}):
-                    store._write_manifest({**store._manifest, "meta": merged})
+            with store._lock:
+                store._manifest["meta"] = {**store._manifest.get("meta", {}), **meta_clean}
+                if store._log is None or store._manifest != before:
+                    store._compact(store._records)  # format 1, new meta or dtype
+                store._remove_leftovers()
             return store
         _save_npy(path / LABELS, labels_np, durable=durable)
         manifest = {
@@ -629,8 +846,10 @@ class TrajectoryStore:
             "labels": LABELS,
             "created": time.time(),
             "meta": meta_clean,
+            "log": "records-000000.jsonl",
             "records": [],
         }
+        _unlink_regular(path / manifest["log"])  # a stale log of a store whose manifest is gone
         _atomic_write(path / MANIFEST, lambda f: f.write(_dump(manifest)), durable=durable)
         store = cls(path)
         store._durable = bool(durable)
@@ -669,21 +888,81 @@ class TrajectoryStore:
             self._manifest["dtype"] = dtype
 
     def _remove_leftovers(self) -> None:
-        """Delete temporary files and snapshot files the manifest does not list."""
-        listed = {Path(r["file"]).name for r in self._records}
-        for directory in (self._path, self._path / SNAPSHOTS):
-            for entry in directory.iterdir():
-                name = entry.name
-                orphan = directory.name == SNAPSHOTS and bool(_SNAPSHOT_FILE.match(name))
-                if _is_temp(name) or (orphan and name not in listed):
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
+        """Delete what an interrupted write left, and only files this store names and writes.
 
-    def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        data = _dump(manifest)
+        Temporary files (``.<name>.<pid>.<hex>.tmp``), record logs other than the current one,
+        and snapshot files ``snapshots/NNNNNN.npy`` at indices >= T (unrecorded: a crash
+        between a snapshot and its record, or during :meth:`rollback_to`); regular files only.
+        """
+        current = self._log
+        for directory in (self._path, self._path / SNAPSHOTS):
+            for entry in os.scandir(directory):
+                name = entry.name
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if directory == self._path:
+                    stale = bool(_LOG_FILE.match(name)) and name != current
+                else:
+                    stale = bool(_SNAPSHOT_FILE.match(name)) and int(name[:-4]) >= len(self)
+                if stale or _TEMP_FILE.match(name):
+                    _unlink_regular(Path(entry.path))
+
+    def _compact(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite the manifest with ``records`` and a new empty log; then drop the old log.
+
+        The manifest's rename is the commit point: before it the old manifest and log hold;
+        after it the new manifest names a log that does not exist yet (read as empty).
+        """
+        gen = 0
+        if self._log is not None:
+            match = _LOG_FILE.match(self._log)
+            assert match is not None  # checked when read
+            gen = int(match.group(1)) + 1
+        log = f"records-{gen:06d}.jsonl"
+        _unlink_regular(self._path / log)  # a stale file can only come from elsewhere
+        manifest = {**self._manifest, "version": FORMAT_VERSION, "log": log}
+        data = _dump({**manifest, "records": records})
         _atomic_write(self._path / MANIFEST, lambda f: f.write(data), durable=self._durable)
+        _hook("compact-committed")
+        old, self._log = self._log, log
         self._manifest = manifest
-        self._records = manifest["records"]
+        self._records = list(records)
+        self._compacted, self._log_size, self._log_lines = len(records), 0, 0
+        if old is not None:
+            _unlink_regular(self._path / old)
+
+    def _append_record(self, record: dict[str, Any]) -> None:
+        """Append one line to the record log with a single ``write`` (cutting a torn tail)."""
+        assert self._log is not None
+        line = _dump(record) + b"\n"
+        log_path = self._path / self._log
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            if size < self._log_size:
+                raise StoreError(
+                    f"record log '{log_path}' shrank from {self._log_size} to {size} bytes: "
+                    "another process is writing this store"
+                )
+            if size > self._log_size:  # the torn last line of an interrupted write
+                os.ftruncate(fd, self._log_size)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._log_size)
+                raise
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._durable and self._log_size == 0:
+            _fsync_dir(self._path)  # the log's directory entry is new
+        self._log_size += len(line)
+        self._log_lines += 1
+        self._records.append(record)
 
     def append(
         self,
@@ -695,11 +974,11 @@ class TrajectoryStore:
         metrics: Mapping[str, Any] | None = None,
         valid: bool = True,
     ) -> int:
-        """Append one snapshot durably; returns its index.
+        """Append one snapshot durably in O(1) time and bytes; returns its index.
 
-        The snapshot file is complete on disk before the manifest lists it. A snapshot with
-        NaN (or +inf) entries is recorded with ``valid=False`` whatever ``valid`` says; its
-        values are stored as they are.
+        The snapshot file is complete on disk before its record is appended to the log. A
+        snapshot with NaN (or +inf) entries is recorded with ``valid=False`` whatever ``valid``
+        says; its values are stored as they are.
 
         Args:
             log_probs: (N, C) log-probabilities, torch tensor (any device) or numpy array.
@@ -730,32 +1009,38 @@ class TrajectoryStore:
         )
         arr = np.ascontiguousarray(arr, dtype=dtype_name)
         step = _check_int(step, "step", 0)
-        if self._records and step <= self._records[-1]["step"]:
-            raise ValueError(
-                f"`step` must be greater than the last recorded step {self._records[-1]['step']}"
-                f", got {step}; when resuming call rollback_to(step) first"
-            )
         epoch = _check_int(epoch, "epoch", 0)
         wall = time.time() if wall_time is None else float(wall_time)
         if not math.isfinite(wall):
             raise ValueError(f"`wall_time` must be finite, got {wall_time}")
         encoded = _check_metrics(metrics)
         is_valid = bool(valid) and not bool(np.isnan(arr).any() or np.isposinf(arr).any())
-        index = len(self._records)
-        rel = f"{SNAPSHOTS}/{index:06d}.npy"
-        _save_npy(self._path / rel, arr, durable=self._durable)
-        record = {
-            "index": index,
-            "step": step,
-            "epoch": epoch,
-            "wall_time": wall,
-            "metrics": encoded,
-            "valid": is_valid,
-            "file": rel,
-        }
-        self._write_manifest(
-            {**self._manifest, "dtype": dtype_name, "records": [*self._records, record]}
-        )
+        with self._lock:
+            if self._records and step <= self._records[-1]["step"]:
+                raise ValueError(
+                    f"`step` must be greater than the last recorded step "
+                    f"{self._records[-1]['step']}, got {step}; when resuming call "
+                    "rollback_to(step) first"
+                )
+            index = len(self._records)
+            rel = _snapshot_name(index)
+            _save_npy(self._path / rel, arr, durable=self._durable)
+            _hook("snapshot-written")
+            if self._log is None or self._manifest.get("dtype") != dtype_name:
+                self._manifest["dtype"] = dtype_name  # the first append fixes the dtype
+                self._compact(self._records)
+            record = {
+                "index": index,
+                "step": step,
+                "epoch": epoch,
+                "wall_time": wall,
+                "metrics": encoded,
+                "valid": is_valid,
+                "file": rel,
+            }
+            self._append_record(record)
+            if self._log_lines >= max(COMPACT_MIN_RECORDS, self._compacted):
+                self._compact(self._records)
         return index
 
     def append_snapshot(self, snapshot: Snapshot) -> int:
@@ -781,11 +1066,11 @@ class TrajectoryStore:
     def rollback_to(self, step: int) -> int:
         """Drop every record with a step greater than ``step`` (resume from a checkpoint).
 
-        The manifest is rewritten atomically first, then the dropped snapshot files are
-        deleted, so a crash in between only leaves ignored orphan files. When resuming from a
-        checkpoint pass the last step captured *before* the checkpoint was saved (e.g. the
-        schedule's ``last_taken`` restored from it): later records would otherwise be captured
-        again.
+        The manifest is compacted atomically with the kept records first, then the dropped
+        snapshot files are deleted, so a crash in between only leaves unrecorded files (removed
+        by the next :meth:`create`). When resuming from a checkpoint pass the last step captured
+        *before* the checkpoint was saved (e.g. the schedule's ``last_taken`` restored from it):
+        later records would otherwise be captured again.
 
         Args:
             step: keep records with ``record.step <= step``; ``-1`` drops everything.
@@ -794,40 +1079,54 @@ class TrajectoryStore:
             The number of records dropped.
         """
         step = _check_int(step, "step", -1)
-        keep = [r for r in self._records if r["step"] <= step]
-        dropped = [r for r in self._records if r["step"] > step]
-        if not dropped:
-            return 0
-        self._write_manifest({**self._manifest, "records": keep})
-        for rec in dropped:
-            with contextlib.suppress(OSError):
-                (self._path / rec["file"]).unlink()
+        with self._lock:
+            keep = bisect.bisect_right([r["step"] for r in self._records], step)
+            dropped = self._records[keep:]
+            if not dropped:
+                return 0
+            self._compact(self._records[:keep])
+            for rec in dropped:  # named by _check_record / append: snapshots/<index>.npy
+                _unlink_regular(self._path / rec["file"])
         return len(dropped)
 
 
-def _dump(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode("utf-8")
+@dataclass(frozen=True)
+class SkippedStore:
+    """A store that :func:`scan_stores` found but could not open.
+
+    Attributes:
+        path: the store directory.
+        reason: the error message (it names the file and what is wrong).
+    """
+
+    path: Path
+    reason: str
 
 
-def _is_store_manifest(path: Path) -> bool:
+def _is_store_candidate(manifest: Path) -> bool:
+    """Whether ``manifest`` claims to be a store's, or is unreadable (other tools' are not)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(manifest, "rb") as f:
+            data = json.loads(f.read())
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+        return True  # corrupt: reported, not silently skipped
+    return not isinstance(data, dict) or data.get("format") == FORMAT
 
 
-def list_stores(root: str | os.PathLike[str]) -> list[TrajectoryStore]:
-    """Every trajectory store below ``root`` (usually ``<root>/<run>/<probe>``), sorted by path.
+def scan_stores(
+    root: str | os.PathLike[str],
+) -> tuple[list[TrajectoryStore], list[SkippedStore]]:
+    """Every trajectory store below ``root``, and those that could not be opened.
 
-    ``manifest.json`` files of other tools are skipped; ``root`` itself may be a store.
+    ``manifest.json`` files of other tools (valid JSON objects of another ``format``) are
+    ignored; a ``manifest.json`` that is not valid JSON counts as a corrupt store.
 
     Args:
-        root: directory to search recursively.
+        root: directory to search recursively (it may itself be a store).
 
     Returns:
-        The stores, sorted by their path.
+        ``(stores, skipped)``: the stores that open, sorted by path, and a
+        :class:`SkippedStore` (path and reason) for each one that does not.
 
     Raises:
         FileNotFoundError: ``root`` is not a directory.
@@ -835,8 +1134,48 @@ def list_stores(root: str | os.PathLike[str]) -> list[TrajectoryStore]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"`root` = '{root}' is not a directory")
-    manifests = sorted(p for p in root.rglob(MANIFEST) if _is_store_manifest(p))
-    return [TrajectoryStore(p.parent) for p in manifests]
+    stores: list[TrajectoryStore] = []
+    skipped: list[SkippedStore] = []
+    for manifest in sorted(p for p in root.rglob(MANIFEST) if _is_store_candidate(p)):
+        try:
+            stores.append(TrajectoryStore(manifest.parent))
+        except (ValueError, OSError) as err:
+            skipped.append(SkippedStore(manifest.parent, str(err)))
+    return stores, skipped
+
+
+def list_stores(
+    root: str | os.PathLike[str], *, on_error: Literal["warn", "raise"] = "warn"
+) -> list[TrajectoryStore]:
+    """Every trajectory store below ``root`` (usually ``<root>/<run>/<probe>``), sorted by path.
+
+    ``manifest.json`` files of other tools are ignored; ``root`` itself may be a store. A store
+    that cannot be opened (corrupt manifest or log, bad labels, a link out of the store) is
+    never skipped silently: with ``on_error="warn"`` (default) each one is skipped with a
+    :class:`StoreWarning` that names it and says why (:func:`scan_stores` returns the list);
+    with ``on_error="raise"`` the first one raises.
+
+    Args:
+        root: directory to search recursively.
+        on_error: ``"warn"`` or ``"raise"``.
+
+    Returns:
+        The stores that open, sorted by their path.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        StoreError: ``on_error="raise"`` and a store cannot be opened (naming it and why).
+    """
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"`on_error` must be 'warn' or 'raise', got {on_error!r}")
+    stores, skipped = scan_stores(root)
+    for bad in skipped:
+        if on_error == "raise":
+            raise StoreError(f"cannot open the trajectory store '{bad.path}': {bad.reason}")
+        warnings.warn(
+            f"skipping the trajectory store '{bad.path}': {bad.reason}", StoreWarning, stacklevel=2
+        )
+    return stores
 
 
 def load_stores(

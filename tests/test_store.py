@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _store_files import edit_record, read_all_records
 
 from lightning_manifold import store as store_module
 from lightning_manifold.snapshot import Snapshot
 from lightning_manifold.store import (
     FORMAT_VERSION,
+    StoreError,
+    StoreWarning,
     TrajectoryStore,
     list_stores,
     load_stores,
@@ -72,13 +75,23 @@ def test_round_trip_and_layout(tmp_path: Path, dtype: type) -> None:
         assert index == i
     root = tmp_path / "run" / "train"
     assert store.path == root
-    assert sorted(p.name for p in root.iterdir()) == ["labels.npy", "manifest.json", "snapshots"]
+    manifest = _strict_json(root / "manifest.json")
+    assert manifest["version"] == FORMAT_VERSION
+    log = manifest["log"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "labels.npy",
+        "manifest.json",
+        log,
+        "snapshots",
+    ]
     assert sorted(p.name for p in (root / "snapshots").iterdir()) == [
         f"{i:06d}.npy" for i in range(4)
     ]
-    manifest = _strict_json(root / "manifest.json")
-    assert manifest["version"] == FORMAT_VERSION
-    assert manifest["records"][2] == {
+    # the records: the manifest's, then one strict-JSON line per append in the log
+    lines = (root / log).read_text().splitlines()
+    records = manifest["records"] + [json.loads(line) for line in lines]
+    assert len(lines) == 4 - len(manifest["records"])
+    assert records[2] == {
         "index": 2,
         "step": 6,
         "epoch": 1,
@@ -301,7 +314,7 @@ def test_opening_something_that_is_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"is not a trajectory store: manifest.json"):
         TrajectoryStore(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"is not valid JSON"):
+    with pytest.raises(StoreError, match=r"manifest.json' is corrupt: not valid JSON"):
         TrajectoryStore(tmp_path)
     (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match=r"expected format 'lightning-manifold/trajectory'"):
@@ -321,11 +334,8 @@ def test_future_format_version_is_refused(tmp_path: Path) -> None:
 def test_manifest_cannot_point_outside_the_store(tmp_path: Path) -> None:
     store = _create(tmp_path)
     store.append(_log_probs(0), step=0, epoch=0)
-    manifest_path = store.path / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["records"][0]["file"] = "../../elsewhere.npy"
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"must name a file inside the store"):
+    edit_record(store.path, 0, file="../../elsewhere.npy")
+    with pytest.raises(StoreError, match=r"record 0 is corrupt: `file` .* '../../elsewhere.npy'"):
         TrajectoryStore(store.path)
 
 
@@ -335,10 +345,10 @@ def test_no_pickle_when_loading(tmp_path: Path) -> None:
     # replace the snapshot by a pickled object array of the right shape
     evil = np.empty((N, C), dtype=object)
     np.save(store.path / "snapshots" / "000000.npy", evil, allow_pickle=True)
-    with pytest.raises(ValueError, match=r"allow_pickle=False|can't be memory-mapped"):
+    with pytest.raises(StoreError, match=r"000000.npy' holds Python objects"):
         store.log_probs()[0]
     np.save(store.path / "labels.npy", np.empty(N, dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match=r"allow_pickle=False"):
+    with pytest.raises(StoreError, match=r"labels.npy' holds Python objects"):
         TrajectoryStore(store.path)
 
 
@@ -351,23 +361,21 @@ class _Crash(BaseException):
     """Stands in for the process dying (not an Exception, so nothing swallows it)."""
 
 
-def test_crash_between_snapshot_and_manifest_keeps_store_readable(
+def test_crash_between_snapshot_and_record_keeps_store_readable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = _create(tmp_path)
     store.append(_log_probs(0), step=0, epoch=0)
     store.append(_log_probs(1), step=1, epoch=0)
-    real_replace = os.replace
 
-    def dying_replace(src: str, dst: str) -> None:
-        if Path(dst).name == "manifest.json":
+    def die(point: str) -> None:
+        if point == "snapshot-written":
             raise _Crash
-        real_replace(src, dst)
 
-    monkeypatch.setattr(store_module.os, "replace", dying_replace)
+    monkeypatch.setattr(store_module, "_HOOK", die)
     with pytest.raises(_Crash):
         store.append(_log_probs(2), step=2, epoch=0)
-    monkeypatch.setattr(store_module.os, "replace", real_replace)
+    monkeypatch.setattr(store_module, "_HOOK", None)
     snapshots = store.path / "snapshots"
     assert (snapshots / "000002.npy").exists()  # written, but never listed
     # leftovers of a hard kill: a half-written snapshot and a half-written manifest
@@ -386,6 +394,7 @@ def test_crash_between_snapshot_and_manifest_keeps_store_readable(
     assert sorted(p.name for p in store.path.iterdir()) == [
         "labels.npy",
         "manifest.json",
+        read_all_records(store.path)["log"],
         "snapshots",
     ]
     assert resumed.append(_log_probs(7), step=2, epoch=0) == 2
@@ -529,7 +538,10 @@ def test_list_stores_finds_every_run_and_probe(tmp_path: Path) -> None:
     (tmp_path / "seed0" / "wandb" / "manifest.json").write_text('{"other": "tool"}')
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "manifest.json").write_text("not json at all")
-    found = list_stores(tmp_path)
+    with pytest.warns(
+        StoreWarning, match=r"skipping the trajectory store '.*notes'.*not valid JSON"
+    ):
+        found = list_stores(tmp_path)
     assert [(s.run_name, s.probe_name) for s in found] == [
         ("seed0", "train"),
         ("seed0", "val"),
