@@ -131,15 +131,32 @@ def check_inside(root: Path, path: Path, *, error: type[Exception] = ValueError)
     return path
 
 
-def npy_header(path: Path, *, error: type[Exception] = ValueError) -> NpyHeader:
-    """The header of a ``.npy`` file, checked to be followed by all the data it declares.
+def npy_header(
+    path: Path,
+    *,
+    shape: tuple[int | None, ...] | None = None,
+    dtype: Any = None,
+    kinds: str | None = None,
+    error: type[Exception] = ValueError,
+) -> NpyHeader:
+    """The header of a ``.npy`` file, checked against the declared shape and dtype, then to be
+    followed by all the data it declares.
+
+    Args:
+        path: the file.
+        shape: expected shape; ``None`` entries accept any length.
+        dtype: expected dtype (exact), or ``None``.
+        kinds: accepted dtype kinds (e.g. ``"iu"``), or ``None``.
+        error: the exception type raised for a bad file.
 
     Raises:
-        error: naming the file: not a ``.npy`` file, object dtype, or truncated data.
+        error: naming the file: not a ``.npy`` file, object dtype, a header that does not match,
+            or truncated data.
     """
     with open(path, "rb") as f:
         header = read_npy_header(f, str(path), error=error)
         size = os.fstat(f.fileno()).st_size
+    _check_header(header, str(path), shape=shape, dtype=dtype, kinds=kinds, error=error)
     if size - header.offset < header.nbytes:
         raise error(
             f"'{path}' is truncated: its header declares {header.shape} {header.dtype} "
@@ -177,8 +194,7 @@ def load_npy(
     path = Path(path)
     if root is not None:
         check_inside(root, path, error=error)
-    header = npy_header(path, error=error)
-    _check_header(header, str(path), shape=shape, dtype=dtype, kinds=kinds, error=error)
+    header = npy_header(path, shape=shape, dtype=dtype, kinds=kinds, error=error)
     order = "F" if header.fortran_order else "C"
     if mmap and header.nbytes > 0:
         return np.memmap(

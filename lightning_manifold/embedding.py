@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from lightning_manifold import functional as F
+from lightning_manifold._files import SafeNpz
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.functional._checks import check_log_probabilities
 
@@ -1034,28 +1035,22 @@ class ReferenceEmbedding:
             num_classes: C of that probe (checked when given).
             device: where to put the tensors (default CPU).
 
+        Every array's header is checked against the sizes the file's metadata declares
+        before anything is allocated, and nothing larger than the file is read.
+
         Raises:
             FileNotFoundError: no such file.
-            ValueError: not a reference file, a newer format version, or a different probe.
+            ValueError: naming the file: not a reference file (empty, truncated, not an npz,
+                compressed, missing or inconsistent arrays, bad metadata), a newer format
+                version, or a different probe.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"`path`: no reference embedding at {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "__meta__" not in z.files:
-                raise ValueError(f"`path`: {path} is not a lightning-manifold reference embedding")
-            meta = json.loads(str(z["__meta__"]))
-            if meta.get("format") != FORMAT_NAME:
-                raise ValueError(
-                    f"`path`: {path} has format {meta.get('format')!r}, expected {FORMAT_NAME!r}"
-                )
-            version = int(meta.get("format_version", -1))
-            if version > FORMAT_VERSION or version < 1:
-                raise ValueError(
-                    f"`path`: {path} has format_version {version}, "
-                    f"this library reads 1..{FORMAT_VERSION}"
-                )
-            arrays = {k: torch.from_numpy(np.array(z[k])) for k in z.files if k != "__meta__"}
+        with SafeNpz(path, what="a lightning-manifold reference file") as z:
+            meta = _reference_meta(z)
+            _check_reference_headers(z, meta)
+            arrays = {k: torch.from_numpy(z.read(k)) for k in _TENSOR_FIELDS}
         ref = cls(
             **arrays,
             num_classes=int(meta["num_classes"]),
@@ -1067,3 +1062,84 @@ class ReferenceEmbedding:
         if labels is not None or num_classes is not None:
             ref.check_compatible(ref.labels if labels is None else labels, num_classes)
         return ref if device is None else ref.to(device)
+
+
+# --------------------------------------------------------------------------- reading a file
+
+
+def _reference_meta(z: SafeNpz) -> dict[str, Any]:
+    """The JSON metadata of a reference file, with the fields :meth:`load` relies on checked."""
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"`path`: '{z.path}' is not a lightning-manifold reference file: {what}")
+
+    header = z.check("__meta__", shape=(), kinds="U")
+    if header.nbytes > 1 << 24:
+        raise bad(f"its metadata is {header.nbytes} bytes, more than 16 MiB")
+    try:
+        meta = json.loads(str(z.read("__meta__")[()]))
+    except ValueError as err:
+        raise bad(f"its metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise bad(f"format {found!r}, expected {FORMAT_NAME!r}")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad(f"`format_version` must be an int >= 1, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"`path`: {z.path} has format_version {version}, this library reads 1..{FORMAT_VERSION}"
+        )
+    for key in ("num_samples", "num_classes", "num_models", "num_points", "n_components"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"metadata `{key}` must be an int >= 1, got {value!r}")
+    names = meta.get("run_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise bad(f"metadata `run_names` must be a non-empty list of strings, got {names!r}")
+    if not isinstance(meta.get("landmarks"), bool):
+        raise bad(f"metadata `landmarks` must be true or false, got {meta.get('landmarks')!r}")
+    if meta.get("dtype") not in ("float32", "float64"):
+        raise bad(f"metadata `dtype` must be float32 or float64, got {meta.get('dtype')!r}")
+    stress = meta.get("total_stress")
+    if isinstance(stress, bool) or not isinstance(stress, (int, float)):
+        raise bad(f"metadata `total_stress` must be a number, got {stress!r}")
+    if not isinstance(meta.get("meta", {}), dict):
+        raise bad("metadata `meta` must be an object")
+    return meta
+
+
+def _check_reference_headers(z: SafeNpz, meta: dict[str, Any]) -> None:
+    """Every array's shape and kind against the metadata's N, C, m, M, k and R (no allocation).
+
+    The geodesic length G and the progress-grid length S are not in the metadata; they are
+    taken from ``geodesic_alphas`` and ``grid`` and every other array must agree with them.
+    """
+    n, c, m, k = meta["num_samples"], meta["num_classes"], meta["num_points"], meta["n_components"]
+    models, runs, dtype = meta["num_models"], len(meta["run_names"]), meta["dtype"]
+    g = z.check("geodesic_alphas", shape=(None,), kinds="f").shape[0]
+    s = z.check("grid", shape=(runs, None), kinds="f").shape[1]
+    expected: dict[str, tuple[tuple[int | None, ...], str]] = {
+        "labels": ((n,), "iu"),
+        "sqrt_probs": ((m - 1 if meta["landmarks"] else models, n, c), "f"),
+        "point_kind": ((m,), "iu"),
+        "row_means": ((m,), "f"),
+        "grand_mean": ((), "f"),
+        "eigenvalues": ((k,), "f"),
+        "eigenvectors": ((m, k), "f"),
+        "coords": ((m, k), "f"),
+        "model_run": ((models,), "iu"),
+        "model_step": ((models,), "iu"),
+        "model_progress": ((models,), "f"),
+        "model_error": ((models,), "f"),
+        "model_geodesic_distance": ((models,), "f"),
+        "ignorance_coords": ((k,), "f"),
+        "truth_coords": ((k,), "f"),
+        "geodesic_coords": ((g, k), "f"),
+        "grid_sqrt": ((runs, s, n, c), "f"),
+        "grid_valid": ((runs, s), "b"),
+    }
+    for key, (shape, kinds) in expected.items():
+        z.check(key, shape=shape, kinds=kinds)
+    for key in ("sqrt_probs", "grid_sqrt"):
+        z.check(key, dtype=dtype)

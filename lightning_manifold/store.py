@@ -1024,6 +1024,7 @@ class TrajectoryStore:
                 )
             index = len(self._records)
             rel = _snapshot_name(index)
+            check_inside(self._path, self._path / SNAPSHOTS, error=StoreError)
             _save_npy(self._path / rel, arr, durable=self._durable)
             _hook("snapshot-written")
             if self._log is None or self._manifest.get("dtype") != dtype_name:
@@ -1084,6 +1085,7 @@ class TrajectoryStore:
             dropped = self._records[keep:]
             if not dropped:
                 return 0
+            check_inside(self._path, self._path / SNAPSHOTS, error=StoreError)
             self._compact(self._records[:keep])
             for rec in dropped:  # named by _check_record / append: snapshots/<index>.npy
                 _unlink_regular(self._path / rec["file"])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_manifold._files import npy_header
+
 __all__ = ["NpyLayout", "create_npy", "npy_layout"]
 
 # Linux transfers at most 0x7ffff000 bytes per read/write call.
@@ -108,20 +110,14 @@ def npy_layout(path: str | os.PathLike[str]) -> NpyLayout:
     """Read the header of a ``.npy`` file (no data is loaded).
 
     Raises:
-        ValueError: if the array is Fortran-ordered or holds Python objects.
+        ValueError: naming the file: not a ``.npy`` file, truncated, Fortran-ordered, or holding
+            Python objects.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        offset = f.tell()
+    header = npy_header(path)  # checks that the file holds all the data its header declares
+    shape, fortran, dtype, offset = header.shape, header.fortran_order, header.dtype, header.offset
     if fortran and len(shape) > 1:
         raise ValueError(f"`{path}` must hold a C-ordered array, got a Fortran-ordered one")
-    if dtype.hasobject:
-        raise ValueError(f"`{path}` must hold a numeric array, got dtype {dtype}")
     return NpyLayout(path, tuple(int(s) for s in shape), np.dtype(dtype), int(offset))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_manifold._files import load_npy
 from lightning_manifold.scale._npyio import NpyLayout, npy_layout
 
 __all__ = ["Index", "Kind", "ModelSource"]
@@ -533,13 +534,10 @@ class StoreSource(ModelSource):
     def _load(self, index: np.ndarray) -> Tensor:
         out = np.empty((index.size, self._N, self._C), dtype=np.float64)
         for row, i in enumerate(index):
-            arr = np.load(self.files[int(i)], allow_pickle=False)
-            if arr.shape != (self._N, self._C):
-                raise ValueError(
-                    f"snapshot {self.files[int(i)]} must have shape (N, C) = "
-                    f"({self._N}, {self._C}), got {arr.shape}"
-                )
-            out[row] = arr
+            root = self.store_paths[int(self.model_table[int(i), 0])]
+            out[row] = load_npy(  # header checked against (N, C) before reading
+                Path(self.files[int(i)]), shape=(self._N, self._C), kinds="f", root=root
+            )
         return torch.from_numpy(out)
 
     def fingerprint(self) -> dict[str, Any]:
