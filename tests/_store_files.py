@@ -24,9 +24,10 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
         (path / manifest["log"]).write_text("")
 
 
-def edit_record(path: Path, index: int, **fields: Any) -> Path:
-    """Set ``fields`` of record ``index`` (moving every record into the manifest); the manifest."""
+def edit_record(path: Path, position: int, **fields: Any) -> Path:
+    """Set ``fields`` of record ``position`` (moving every record into the manifest); returns
+    the manifest's path."""
     manifest = read_all_records(path)
-    manifest["records"][index].update(fields)
+    manifest["records"][position].update(fields)
     write_manifest(path, manifest)
     return path / "manifest.json"
