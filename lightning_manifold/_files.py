@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -318,10 +317,6 @@ class SafeNpz:
         except (zipfile.BadZipFile, EOFError, OSError) as err:
             raise self._bad(f"member {key!r} is truncated or corrupt ({err})") from None
         return out
-
-    def read_all(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
-        """Several members by name."""
-        return {k: self.read(k) for k in keys}
 
     def close(self) -> None:
         """Close the archive."""
