@@ -622,7 +622,8 @@ class TrajectoryStore:
         Returns:
             ``self``.
         """
-        self._read()
+        with self._lock:  # not in the middle of this object's own append
+            self._read()
         return self
 
     @property

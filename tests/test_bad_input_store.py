@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from _store_files import edit_record, read_all_records, write_manifest
+from conftest import write_store
 
 from lightning_manifold.store import (
     StoreError,
@@ -26,26 +27,17 @@ from lightning_manifold.store import (
     TrajectoryStore,
     list_stores,
     scan_stores,
-    store_path,
 )
 
 N, C = 10, 3
 
 
 def _good(root: Path, steps: int = 3) -> TrajectoryStore:
-    store = TrajectoryStore.create(
-        store_path(root, "run", "train"),
-        labels=np.arange(N) % C,
-        num_classes=C,
-        probe_name="train",
-        run_name="run",
-        dtype="float32",
-        durable=False,
-    )
+    """A float32 store of ``steps`` random snapshots at ``root/run/train``."""
     rng = np.random.default_rng(0)
-    for s in range(steps):
-        store.append(torch.log_softmax(torch.tensor(rng.normal(size=(N, C))), -1), step=s, epoch=0)
-    return store
+    log_probs = [torch.log_softmax(torch.tensor(rng.normal(size=(N, C))), -1) for _ in range(steps)]
+    log_probs = [lp.to(torch.float32) for lp in log_probs]
+    return write_store(root, "run", np.arange(N) % C, C, log_probs)
 
 
 def _set_manifest(path: Path, **fields: Any) -> Path:

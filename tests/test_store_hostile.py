@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _store_files import edit_record, read_all_records, write_manifest
+from conftest import write_store
 
 from lightning_manifold import store as store_module
-from lightning_manifold.store import StoreError, TrajectoryStore, store_path
+from lightning_manifold.store import StoreError, TrajectoryStore
 
 N, C = 12, 3
 
@@ -35,17 +36,8 @@ def _lp(step: int) -> np.ndarray:
 
 
 def _store(root: Path, steps: int = 3) -> TrajectoryStore:
-    store = TrajectoryStore.create(
-        store_path(root, "run", "train"),
-        labels=np.arange(N) % C,
-        num_classes=C,
-        probe_name="train",
-        run_name="run",
-        durable=False,
-    )
-    for s in range(steps):
-        store.append(_lp(s), step=s, epoch=0)
-    return store
+    """A store of the snapshots ``_lp(0 .. steps - 1)`` at ``root/run/train``."""
+    return write_store(root, "run", np.arange(N) % C, C, [_lp(s) for s in range(steps)])
 
 
 # --------------------------------------------------------------------------------------------
