@@ -575,3 +575,84 @@ def test_store_path_validates_names(tmp_path: Path) -> None:
     assert store_path(tmp_path, "r", "p") == tmp_path / "r" / "p"
     with pytest.raises(ValueError, match=r"`run_name`"):
         store_path(tmp_path, "../up", "p")
+
+
+def test_format_1_store_is_read_and_converted_by_its_first_write(tmp_path: Path) -> None:
+    """A store as format 1 wrote it (every record in the manifest, no log) still loads."""
+    root = tmp_path / "old" / "train"
+    (root / "snapshots").mkdir(parents=True)
+    np.save(root / "labels.npy", _labels())
+    records = []
+    for i in range(3):
+        np.save(root / "snapshots" / f"{i:06d}.npy", _log_probs(i))
+        records.append(
+            {
+                "index": i,
+                "step": 5 * i,
+                "epoch": 0,
+                "wall_time": 10.0 + i,
+                "metrics": {"loss": "nan" if i == 1 else 0.5},
+                "valid": True,
+                "file": f"snapshots/{i:06d}.npy",
+            }
+        )
+    manifest = {
+        "format": "lightning-manifold/trajectory",
+        "version": 1,
+        "run_name": "old",
+        "probe_name": "train",
+        "num_samples": N,
+        "num_classes": C,
+        "dtype": "float64",
+        "labels": "labels.npy",
+        "created": 1.0,
+        "meta": {"seed": 3},
+        "records": records,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    run = TrajectoryStore(root)
+    assert run.format_version == 1
+    np.testing.assert_array_equal(run.steps, [0, 5, 10])
+    assert np.isnan(run.metrics("loss")[1])
+    np.testing.assert_array_equal(run.log_probs()[2], _log_probs(2))
+    resumed = TrajectoryStore.create(
+        root, labels=_labels(), num_classes=C, probe_name="train", run_name="old"
+    )
+    resumed.append(_log_probs(3), step=15, epoch=1)
+    again = TrajectoryStore(root)
+    assert again.format_version == FORMAT_VERSION
+    assert again.meta == {"seed": 3}
+    np.testing.assert_array_equal(again.steps, [0, 5, 10, 15])
+    np.testing.assert_array_equal(
+        np.asarray(again.log_probs()), np.stack([_log_probs(i) for i in range(4)])
+    )
+
+
+def test_append_writes_constant_metadata_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """O(1) appends: the record log grows by one line per append; the manifest is rewritten
+    only at compactions, whose total size stays within a constant factor of the records."""
+    monkeypatch.setattr(store_module, "COMPACT_MIN_RECORDS", 8)
+    written: list[int] = []
+    real = store_module._atomic_write
+
+    def counting(path: Path, write, *, durable: bool) -> None:
+        real(path, write, durable=durable)
+        if path.name == "manifest.json":
+            written.append(path.stat().st_size)
+
+    monkeypatch.setattr(store_module, "_atomic_write", counting)
+    store = _create(tmp_path, durable=False)
+    log_sizes = []
+    for i in range(200):
+        store.append(_log_probs(0), step=i, epoch=0, wall_time=1.0, metrics={"loss": 1.0})
+        log = store.path / read_all_records(store.path)["log"]
+        log_sizes.append(log.stat().st_size if log.exists() else 0)
+    records = read_all_records(store.path)["records"]
+    line = [len(json.dumps(r, separators=(",", ":"))) + 1 for r in records]
+    # compactions at 8, 16, 32, 64, 128 records (+ the first append fixing the dtype)
+    assert len(written) <= 2 + int(np.log2(200))
+    assert sum(written) < 4 * sum(line) + len(written) * 400
+    grew = np.diff(log_sizes)
+    for i in np.flatnonzero(grew > 0):  # a plain append: exactly one line for record i + 1
+        assert grew[i] == line[i + 1]
+    assert (grew > 0).sum() >= 200 - 2 * len(written)
