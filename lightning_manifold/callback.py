@@ -973,7 +973,7 @@ class ManifoldCallback(Callback):
                 held[name] = store
         if not held or self.if_exists == "overwrite":
             return
-        name, store = next(iter(held.items()))
+        store = next(iter(held.values()))
         steps = store.steps
         if self.if_exists == "resume":
             if missing:
@@ -986,10 +986,10 @@ class ManifoldCallback(Callback):
         raise _RunExistsError(
             f"`run_name` must name a new run, got {self.run_name!r} whose store '{store.path}' "
             f"already holds {len(store)} snapshots (steps {int(steps[0])} to {int(steps[-1])}) "
-            "and no checkpoint was restored. To continue it, pass `trainer.fit(..., "
-            'ckpt_path=...)` (e.g. ckpt_path="last") or `if_exists="resume"` (keeps the '
-            'snapshots, captures the later steps); to start it over, pass `if_exists="overwrite"`'
-            "; or choose another run_name or dirpath"
+            "and no checkpoint restored this callback's state. To continue it, pass "
+            '`trainer.fit(..., ckpt_path=...)` (e.g. ckpt_path="last") or `if_exists="resume"` '
+            "(keeps the snapshots, captures the later steps); to start it over, pass "
+            '`if_exists="overwrite"`; or choose another run_name or dirpath'
         )
 
     def _previous_from_store(self, name: str, store: TrajectoryStore, trainer: pl.Trainer) -> None:
