@@ -139,7 +139,7 @@ def test_job_killed_from_outside_resumes_in_a_new_interpreter(
 ) -> None:
     """A job killed by its parent once it stored 9 snapshots, then resumed by a fresh
     interpreter with ``ckpt_path="last"``, as a cluster job would be."""
-    job = multiprocessing.get_context("fork").Process(target=_child, args=(tmp_path, {"slow": 0.5}))
+    job = multiprocessing.get_context("fork").Process(target=_child, args=(tmp_path, {"slow": 0.3}))
     job.start()
     deadline = time.monotonic() + 300
     while job.is_alive() and time.monotonic() < deadline:
