@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -34,7 +34,7 @@ from lightning_manifold._ddp import gather_probe, preserved_rng_state
 from lightning_manifold._names import check_dir_name
 from lightning_manifold.embedding import ReferenceEmbedding
 from lightning_manifold.online import OnlineManifold
-from lightning_manifold.probe import ProbeSet, evaluation_mode
+from lightning_manifold.probe import ProbeSet, _tensor_leaves, evaluation_mode
 from lightning_manifold.schedule import Schedule
 from lightning_manifold.sinks import RenderThrottle, SinkGroup, sinks_for_loggers
 from lightning_manifold.snapshot import Snapshot
@@ -57,6 +57,9 @@ METRIC_NAMES: tuple[str, ...] = (
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
+#: What a fresh run (no checkpoint restored) does with a store that already holds snapshots.
+IfExists = Literal["error", "overwrite", "resume"]
+
 
 class _FatalCaptureError(Exception):
     """Carries a user configuration error out of a capture; re-raised, never swallowed."""
@@ -64,6 +67,10 @@ class _FatalCaptureError(Exception):
     def __init__(self, original: Exception) -> None:
         super().__init__(str(original))
         self.original = original
+
+
+class _RunExistsError(Exception):
+    """A new run would append to a store that already holds snapshots (see ``if_exists``)."""
 
 
 class _BackgroundWriter:
@@ -169,6 +176,14 @@ class ManifoldCallback(Callback):
         ignorance_warning: warn when the step-0 model has
             ``d_B(P, P0) > ignorance_warning * d_B(P0, P*)`` (an initial model far from ignorance,
             thesis fig. 2.12); ``None`` disables the check.
+        if_exists: what a run that restores no checkpoint does when ``<dirpath>/<run_name>``
+            already holds snapshots (e.g. a job killed before its first checkpoint and started
+            again): ``"error"`` (default) raises and says what to pass; ``"overwrite"`` deletes
+            the old snapshots (through the store, nothing else in the directory) and starts
+            over; ``"resume"`` keeps them and captures only the scheduled steps after the last
+            step every probe's store holds. A run resumed from a checkpoint
+            (``trainer.fit(..., ckpt_path=...)``) always continues the checkpoint's stores,
+            rolled back to the last capture before the checkpoint, whatever ``if_exists`` says.
 
     Raises:
         TypeError:
@@ -176,11 +191,13 @@ class ManifoldCallback(Callback):
             Schedule, or ``dirpath`` is not a path.
         ValueError:
             If there is no probe, a probe is empty, two probes share a name, ``dtype`` is not
-            float32/float64, ``run_name`` is empty or contains a path separator, or
-            ``ignorance_warning`` is not positive. In ``setup``: if ``dirpath`` is not writable or
-            a fresh run would append to an existing non-empty store. When training starts: if
-            the log-spaced schedule cannot be planned (unbounded training), or a probe cannot be
-            run through the model or its class count differs from the model's output width.
+            float32/float64, ``run_name`` is empty or contains a path separator,
+            ``ignorance_warning`` is not positive, or ``if_exists`` is not one of its values. In
+            ``setup``: if ``dirpath`` is not writable. When training starts: if a run that
+            restores no checkpoint finds snapshots in its store and ``if_exists="error"``, the
+            log-spaced schedule cannot be planned (unbounded training), a probe cannot be run
+            through the model (any exception of its first forward, e.g. inputs of the wrong
+            shape) or its class count differs from the model's output width.
 
     Example::
 
@@ -219,6 +236,7 @@ class ManifoldCallback(Callback):
         save_reference: bool = False,
         meta: Mapping[str, Any] | None = None,
         durable: bool = True,
+        if_exists: IfExists = "error",
     ) -> None:
         self._probes: list[ProbeSet] = _validate_probes(probes)
         self._references = _validate_references(reference, self.probe_names)
@@ -244,6 +262,19 @@ class ManifoldCallback(Callback):
             )
         if run_name is not None:
             check_dir_name(run_name, "run_name")
+        if if_exists not in get_args(IfExists):
+            raise ValueError(
+                f"`if_exists` must be one of {list(get_args(IfExists))}, got {if_exists!r}"
+            )
+        for name, flag in (
+            ("log_scalars", log_scalars),
+            ("online", online),
+            ("plots", plots),
+            ("save_reference", save_reference),
+            ("durable", durable),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
         if dtype not in _SUPPORTED_DTYPES:
             raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
         if ignorance_warning is not None and (
@@ -270,6 +301,7 @@ class ManifoldCallback(Callback):
         self.save_reference = bool(save_reference)
         self.meta: dict[str, Any] = dict(meta or {})
         self.durable = bool(durable)
+        self.if_exists: IfExists = if_exists
 
         # Per-fit state, (re)set in `setup`, resolved in `setup` / `on_train_start`.
         self.dirpath: Path | None = None
@@ -358,19 +390,22 @@ class ManifoldCallback(Callback):
         run_name = self._resolve_run_name(trainer, dirpath)
         dirpath_str, run_name = trainer.strategy.broadcast((str(dirpath), run_name))
         self.dirpath, self.run_name = Path(dirpath_str), run_name
-        error = self._check_output_dir(trainer) if trainer.is_global_zero else None
+        error = self._check_output_dir() if trainer.is_global_zero else None
         error = trainer.strategy.broadcast(error)
         if error is not None:
             raise ValueError(error)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply_restored_state()
+        # New run or resumed run is decided here: the checkpoint's state is known only now.
+        resumed = self._apply_restored_state()
         self._bind_schedule(trainer)
-        error = None
+        error, stored_through = None, None
         if trainer.is_global_zero:
             try:
-                self._open_stores(trainer)
+                stored_through = self._open_stores(trainer, resumed=resumed)
+            except _RunExistsError as err:
+                error = str(err)
             except Exception as err:  # every rank must reach the broadcast below
                 error = f"ManifoldCallback: cannot open the trajectory stores: {err}"
             if error is None:
@@ -380,9 +415,11 @@ class ManifoldCallback(Callback):
                     error = str(err)
             if error is None:
                 self._start_sinks(trainer)
-        error = trainer.strategy.broadcast(error)
+        error, stored_through = trainer.strategy.broadcast((error, stored_through))
         if error is not None:
             raise ValueError(error)
+        if stored_through is not None:  # if_exists="resume": every rank skips the stored steps
+            self.schedule.resume_after(stored_through)
         if trainer.is_global_zero:
             self._writer = _BackgroundWriter()
         if self.schedule.last_taken is None and self.schedule.at_fit_start:
@@ -671,15 +708,16 @@ class ManifoldCallback(Callback):
 
         Raises:
             _FatalCaptureError: the probe's class count differs from the model's output width, or
-                the probe cannot be run (``ValueError`` / ``TypeError``) the first time it is.
+                the probe cannot be run (any exception) the first time it is: a configuration
+                error, such as inputs of a shape the model does not take.
         """
         local_probe = self._local_probe(probe, trainer.global_rank, trainer.world_size)
         try:
             local = local_probe.predict(pl_module, dtype=self.dtype)
-        except (ValueError, TypeError) as err:
+        except Exception as err:
             if probe.name in self._validated:
-                raise
-            raise _FatalCaptureError(_with_probe_name(err, probe.name)) from err
+                raise  # a later failure: the capture is skipped with a warning
+            raise _FatalCaptureError(_first_forward_error(err, probe)) from err
         if probe.name not in self._validated:
             try:
                 probe.check_num_classes(local.shape[1])
@@ -726,8 +764,8 @@ class ManifoldCallback(Callback):
     def _check_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Validate every probe with one forward of its local slice, without capturing.
 
-        Configuration errors raise; any other failure is reported once and left to the captures
-        (which never crash training).
+        This is each probe's first forward of the fit, so any failure is a configuration error
+        and raises (later failures are left to the captures, which never crash training).
         """
         for probe in self._probes:
             try:
@@ -735,12 +773,6 @@ class ManifoldCallback(Callback):
                     self._predict_local(trainer, pl_module, probe)
             except _FatalCaptureError as fatal:
                 raise fatal.original from None
-            except Exception as err:
-                self._warn_once(
-                    "check-error",
-                    f"ManifoldCallback: probe {probe.name!r} could not be run through the model "
-                    f"({type(err).__name__}: {err}); its captures are skipped while this lasts.",
-                )
 
     def _report(self, snapshot: Snapshot) -> None:
         """Rank zero: warn (once) about a diverged model or a step-0 model far from ignorance."""
@@ -809,10 +841,11 @@ class ManifoldCallback(Callback):
             name, i = f"{base}-{i}", i + 1
         return name
 
-    def _check_output_dir(self, trainer: pl.Trainer) -> str | None:
-        """Rank zero: ``None`` if the stores can be written, else a one-line error message.
+    def _check_output_dir(self) -> str | None:
+        """Rank zero: ``None`` if ``dirpath`` can be written, else a one-line error message.
 
-        Never raises: the other ranks wait for the answer in a broadcast.
+        Whether the run is new or resumed is decided in ``on_train_start``: Lightning restores
+        the checkpoint after ``setup``. Never raises: the other ranks wait for the answer.
         """
         assert self.dirpath is not None
         assert self.run_name is not None
@@ -825,22 +858,6 @@ class ManifoldCallback(Callback):
                 f"`dirpath` must be a writable directory, got '{self.dirpath}' "
                 f"({type(err).__name__}: {err.strerror or err})"
             )
-        if trainer.ckpt_path is not None:
-            return None  # resuming: the checkpoint names the store to continue
-        for name in self.probe_names:  # a fresh run must not append to an old trajectory
-            path = self.dirpath / self.run_name / name
-            if not (path / "manifest.json").exists():
-                continue
-            try:
-                count = len(TrajectoryStore(path))
-            except Exception as err:
-                return f"ManifoldCallback: '{path}' holds an unreadable trajectory store: {err}"
-            if count > 0:
-                return (
-                    f"`run_name` must name a new run, got {self.run_name!r} whose store "
-                    f"'{path}' already holds {count} snapshots; choose another run_name or "
-                    "dirpath, or resume with `trainer.fit(..., ckpt_path=...)`"
-                )
         return None
 
     def _bind_schedule(self, trainer: pl.Trainer) -> None:
@@ -849,11 +866,15 @@ class ManifoldCallback(Callback):
             return
         self.schedule.bind(trainer.estimated_stepping_batches)
 
-    def _apply_restored_state(self) -> None:
-        """On resume: adopt the checkpoint's schedule (and gate), run name and store paths."""
+    def _apply_restored_state(self) -> bool:
+        """On resume: adopt the checkpoint's schedule (and gate), run name and store paths.
+
+        Returns:
+            Whether a checkpoint restored this callback's state (a resumed run).
+        """
         state, self._restored = self._restored, None
         if not state:
-            return
+            return False
         if isinstance(state.get("schedule"), dict):
             self.schedule.load_state_dict(state["schedule"])
         elif state.get("last_step") is not None:
@@ -870,45 +891,106 @@ class ManifoldCallback(Callback):
             self.dirpath = Path(state["dirpath"])
         paths = state.get("store_paths") or {}
         self._store_paths = {k: str(v) for k, v in paths.items() if k in self.probe_names}
+        return True
 
-    def _open_stores(self, trainer: pl.Trainer) -> None:
-        """Rank zero: continue the checkpoint's stores, rolled back to the last step captured
-        before the checkpoint, or create new ones at ``<dirpath>/<run_name>/<probe>``."""
+    def _open_stores(self, trainer: pl.Trainer, *, resumed: bool) -> int | None:
+        """Rank zero: open one store per probe, ready to append.
+
+        A resumed run continues the checkpoint's stores (new ones at
+        ``<dirpath>/<run_name>/<probe>`` for probes the checkpoint lacks), rolled back to the
+        last step captured before the checkpoint. A new run creates its stores there and
+        treats snapshots already in them as ``if_exists`` says.
+
+        Returns:
+            With ``if_exists="resume"``, the last step every store holds (the schedule must skip
+            the steps up to it); else ``None``.
+
+        Raises:
+            _RunExistsError: a new run found snapshots and ``if_exists="error"``.
+        """
         assert self.dirpath is not None
         assert self.run_name is not None
-        last = self.schedule.last_taken
+        paths: dict[str, Path] = {}
         for probe in self._probes:
-            resumed = self._store_paths.get(probe.name)
-            if resumed is not None and not (Path(resumed) / "manifest.json").exists():
+            checkpointed = self._store_paths.get(probe.name) if resumed else None
+            if checkpointed is not None and not (Path(checkpointed) / "manifest.json").exists():
                 self._warn_once(
                     f"missing-store-{probe.name}",
                     f"ManifoldCallback: the checkpoint's store for probe {probe.name!r} at "
-                    f"'{resumed}' is missing; a new store is started.",
+                    f"'{checkpointed}' is missing; a new store is started.",
                 )
-                resumed = None
-            path = (
-                Path(resumed) if resumed is not None else self.dirpath / self.run_name / probe.name
+                checkpointed = None
+            paths[probe.name] = (
+                Path(checkpointed) if checkpointed else self.dirpath / self.run_name / probe.name
             )
-            store = TrajectoryStore.create(
+        if not resumed:
+            self._check_existing_run(paths)
+        stores = {}
+        for probe in self._probes:
+            path = paths[probe.name]
+            exists = (path / "manifest.json").exists()
+            stores[probe.name] = TrajectoryStore.create(  # validates before anything is dropped
                 path,
                 labels=probe.labels,
                 num_classes=probe.num_classes,
                 probe_name=probe.name,
-                run_name=TrajectoryStore(path).run_name if resumed else self.run_name,
+                run_name=TrajectoryStore(path).run_name if resumed and exists else self.run_name,
                 meta=self._store_meta(trainer),
                 dtype=self.dtype,
                 durable=self.durable,
             )
-            if resumed is not None:
-                store.rollback_to(-1 if last is None else last)
-                self._previous_from_store(probe.name, store, trainer)
-            elif len(store) > 0:
-                raise ValueError(
-                    f"`run_name` must name a new run, got {self.run_name!r} whose store '{path}' "
-                    "already holds snapshots"
+        if resumed:
+            last = self.schedule.last_taken
+            keep = -1 if last is None else last  # snapshots after the checkpoint are redone
+        elif self.if_exists == "resume":
+            # A capture killed half-way leaves some probes one step ahead: redo that step.
+            keep = min((int(s.steps[-1]) if len(s) else -1) for s in stores.values())
+        else:
+            keep = -1  # a new run, or if_exists="overwrite"
+        for name, store in stores.items():
+            store.rollback_to(keep)
+            self._previous_from_store(name, store, trainer)
+            self._stores[name] = store
+            self._store_paths[name] = str(paths[name])
+        return keep if not resumed and self.if_exists == "resume" and keep >= 0 else None
+
+    def _check_existing_run(self, paths: Mapping[str, Path]) -> None:
+        """A run that restored no checkpoint: raise unless ``if_exists`` allows the snapshots
+        already stored at ``paths`` (``{probe name: store directory}``).
+
+        Raises:
+            _RunExistsError: snapshots exist and ``if_exists="error"``; or ``"resume"`` while
+                some probe has no store at all (continuing would drop the others' snapshots).
+        """
+        held: dict[str, TrajectoryStore] = {}
+        missing = []
+        for name, path in paths.items():
+            if not (path / "manifest.json").exists():
+                missing.append(name)
+                continue
+            store = TrajectoryStore(path)
+            if len(store):
+                held[name] = store
+        if not held or self.if_exists == "overwrite":
+            return
+        store = next(iter(held.values()))
+        steps = store.steps
+        if self.if_exists == "resume":
+            if missing:
+                raise _RunExistsError(
+                    f"`if_exists`='resume' needs a store for every probe, but run "
+                    f"{self.run_name!r} has none for {missing} while '{store.path}' holds "
+                    f'{len(store)} snapshots; pass if_exists="overwrite" or another run_name'
                 )
-            self._stores[probe.name] = store
-            self._store_paths[probe.name] = str(path)
+            return
+        raise _RunExistsError(
+            f"`run_name` must name a new run, got {self.run_name!r} whose store '{store.path}' "
+            f"already holds {len(store)} snapshots (steps {int(steps[0])} to {int(steps[-1])}) "
+            "and no checkpoint restored this callback's state. To continue it, pass "
+            '`trainer.fit(..., ckpt_path=...)` (e.g. ckpt_path="last") or `if_exists="resume"` '
+            "(keeps the snapshots, captures the later steps); to start it over, pass "
+            '`if_exists="overwrite"`; or choose another run_name or dirpath'
+        )
 
     def _previous_from_store(self, name: str, store: TrajectoryStore, trainer: pl.Trainer) -> None:
         """Remember the last valid stored snapshot, so ``speed`` continues across a resume."""
@@ -962,6 +1044,27 @@ def _with_probe_name(err: Exception, name: str) -> Exception:
         return type(err)(f"probe {name!r}: {err}")
     except Exception:  # an exception type with another constructor signature
         return ValueError(f"probe {name!r}: {type(err).__name__}: {err}")
+
+
+def _first_forward_error(err: Exception, probe: ProbeSet) -> Exception:
+    """The error to raise when a probe's first forward at train start fails.
+
+    The probe's own checks (``ValueError`` / ``TypeError`` about the outputs) keep their type
+    and message; anything the model raised (a ``RuntimeError`` from a shape mismatch, ...)
+    becomes a ``ValueError`` naming the probe, the exception and the probe's input shapes.
+    """
+    if isinstance(err, (ValueError, TypeError)):
+        return _with_probe_name(err, probe.name)
+    shapes = ", ".join(
+        f"{where} {tuple(t.shape)}"
+        for where, t in _tensor_leaves(probe.inputs, f"probe {probe.name!r} inputs")
+    )
+    return ValueError(
+        f"probe {probe.name!r} cannot be run through the model at train start "
+        f"({type(err).__name__}: {err}). The probe's inputs probably do not fit the model: "
+        f"{shapes}; give the probe inputs of the shape and dtype the model's forward takes, "
+        "or pass `forward=` / `transform=` to the ProbeSet"
+    )
 
 
 def _validate_references(

@@ -153,6 +153,7 @@ def _as_labels(labels: Any, name: str = "labels") -> Tensor:
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(
                 f"`{name}` must be a 1-D integer tensor or array, got {type(labels).__name__}"
+                f" that converts to no tensor ({err})"
             ) from err
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise ValueError(f"`{name}` must have an integer dtype, got {t.dtype}")

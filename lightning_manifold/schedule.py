@@ -318,9 +318,10 @@ class Schedule:
     def take(self, step: int) -> bool:
         """Claim ``step`` for a capture: ``True`` the first time, ``False`` for a repeat.
 
-        Returns ``False`` when ``step`` equals the last taken step, so gradient accumulation
-        (several micro-batches at one ``global_step``) and an epoch end or fit end falling on a
-        step already captured do not capture twice. The last taken step is part of
+        Returns ``False`` when ``step`` is not after the last taken step, so gradient
+        accumulation (several micro-batches at one ``global_step``) and an epoch end or fit end
+        falling on a step already captured do not capture twice, and a run continued with
+        :meth:`resume_after` skips the steps already stored. The last taken step is part of
         :meth:`state_dict`, so a run resumed from a checkpoint keeps the gate.
 
         Args:
@@ -332,10 +333,18 @@ class Schedule:
                 capture(step)
         """
         step = _check_step(step)
-        if step == self._last_taken:
+        if self._last_taken is not None and step <= self._last_taken:
             return False
         self._last_taken = step
         return True
+
+    def resume_after(self, step: int | None) -> None:
+        """Close the gate up to ``step``: :meth:`take` refuses every step ``<= step``.
+
+        For a run continued without a checkpoint whose store already holds the steps up to
+        ``step``; ``None`` (nothing stored) opens the gate like :meth:`reset`.
+        """
+        self._last_taken = None if step is None else _check_step(step)
 
     def reset(self) -> None:
         """Forget the last taken step (for a fresh run reusing this schedule)."""
@@ -362,8 +371,11 @@ class Schedule:
         """Rebuild a schedule from :meth:`state_dict`; missing keys take their defaults.
 
         Raises:
+            TypeError: ``state`` is not a dict.
             ValueError: the state comes from a newer, unknown format version, or is invalid.
         """
+        if not isinstance(state, dict):
+            raise TypeError(f"schedule `state` must be a dict, got {type(state).__name__}")
         version = state.get("version", _STATE_VERSION)
         if not isinstance(version, int) or version > _STATE_VERSION:
             raise ValueError(
@@ -396,8 +408,22 @@ class Schedule:
 
     @classmethod
     def from_json(cls, text: str) -> Schedule:
-        """Inverse of :meth:`to_json`."""
-        return cls.from_state_dict(json.loads(text))
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            TypeError: ``text`` is not a string, or its JSON value is not an object.
+            ValueError: ``text`` is not valid JSON, or holds an invalid schedule state.
+        """
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"`text` must be a JSON string, got {type(text).__name__}")
+        try:
+            state = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"`text` must be a schedule's JSON (from Schedule.to_json), got {text[:40]!r}: "
+                f"{err}"
+            ) from None
+        return cls.from_state_dict(state)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):

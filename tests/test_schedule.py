@@ -160,6 +160,17 @@ def test_take_captures_each_step_once_under_gradient_accumulation() -> None:
     assert schedule.take(5)
 
 
+def test_resume_after_skips_the_steps_already_stored() -> None:
+    """A run restarted from step 0 over a store holding steps 0..6 captures only 7, 8, ..."""
+    schedule = Schedule(log_spaced=None, every_n_steps=1)
+    schedule.resume_after(6)
+    taken = [s for s in range(10) if schedule.should_capture_step(s) and schedule.take(s)]
+    assert taken == [7, 8, 9]
+    schedule.resume_after(None)
+    assert schedule.last_taken is None
+    assert schedule.take(0)
+
+
 def test_state_dict_round_trip_through_json() -> None:
     schedule = Schedule(log_spaced=7, every_n_steps=40, every_n_epochs=2, at_fit_start=False)
     schedule.bind(500)
