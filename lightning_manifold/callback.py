@@ -153,6 +153,18 @@ class ManifoldCallback(Callback):
 
     The same values are kept in each store record's ``metrics``.
 
+    Monitoring: at every capture the same keys (float tensors) are written into
+    ``trainer.callback_metrics`` (not logged a second time), plus ``manifold/<probe>/valid``
+    (1 or 0); a key undefined at that capture holds NaN. So ``EarlyStopping``,
+    ``ModelCheckpoint(monitor=...)``, an LR scheduler's monitor or a pruner can watch them,
+    and each sees the value of the latest capture at *its own* check: ``EarlyStopping`` at
+    train epoch end (validation end when validation runs), ``ModelCheckpoint`` at its
+    ``every_n_train_steps`` / epoch / validation end. Captures between two checks are not
+    seen; for a fresh value at every check, capture at the same cadence (e.g.
+    ``Schedule(every_n_epochs=1)`` with epoch-end checks). The values exist on rank zero only:
+    under DDP use :class:`~lightning_manifold.decision.ManifoldEarlyStopping`, which
+    broadcasts its decision.
+
     Args:
         probes: one :class:`~lightning_manifold.probe.ProbeSet` or a sequence of them with distinct
             names (typically a train probe and a val probe).
@@ -526,10 +538,17 @@ class ManifoldCallback(Callback):
         values = dict(snapshot.metrics) if snapshot.valid else {"valid": 0.0}
         if snapshot.valid:
             values = {**self._place_on_manifold(snapshot), **values}
+        scalars = {f"manifold/{snapshot.probe}/{key}": v for key, v in values.items()}
         if self.log_scalars and trainer.loggers:
-            scalars = {f"manifold/{snapshot.probe}/{key}": v for key, v in values.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=snapshot.step)
+        # Monitorable by other callbacks (not through `pl_module.log`: that would log again).
+        # The probe's keys hold this capture's values only: undefined ones become NaN.
+        prefix, monitored = f"manifold/{snapshot.probe}/", trainer.callback_metrics
+        for key in [k for k in monitored if k.startswith(prefix)]:
+            monitored[key] = torch.tensor(math.nan)
+        for key, v in {**scalars, f"{prefix}valid": float(snapshot.valid)}.items():
+            monitored[key] = torch.tensor(float(v))
 
     def _place_on_manifold(self, snapshot: Snapshot) -> dict[str, float]:
         """Rank zero: the online module's scalars for a valid snapshot (coordinates, residual,
