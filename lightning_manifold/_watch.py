@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
 
@@ -82,15 +83,15 @@ def read_scalar(metrics: dict[str, Any], key: str) -> float:
 
 
 def publish(trainer: pl.Trainer, scalars: dict[str, float], step: int, *, log: bool = True) -> None:
-    """Rank zero: put ``scalars`` into ``callback_metrics`` and (``log``) every logger."""
-    import torch
-
+    """Rank zero: put ``scalars`` into ``callback_metrics`` (NaN included) and, with ``log``,
+    the finite ones into every logger."""
     for key, v in scalars.items():
         trainer.callback_metrics[key] = torch.tensor(float(v))
-    if log:
+    finite = {k: float(v) for k, v in scalars.items() if math.isfinite(v)}
+    if log and finite:
         loggers: list[Logger] = list(trainer.loggers)
         for logger in loggers:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics(finite, step=step)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -296,6 +296,7 @@ class ManifoldCallback(Callback):
         self._warned: set[str] = set()
         self._online: dict[str, OnlineManifold] = {}  # rank zero, during training
         self._sinks: SinkGroup | None = None  # rank zero, during training
+        self._monitored: dict[str, set[str]] = {}  # probe -> its keys in callback_metrics
         self.reference_paths: dict[str, str] = {}  # filled at fit end with `save_reference`
 
     # ------------------------------------------------------------------ public state
@@ -543,12 +544,14 @@ class ManifoldCallback(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=snapshot.step)
         # Monitorable by other callbacks (not through `pl_module.log`: that would log again).
-        # The probe's keys hold this capture's values only: undefined ones become NaN.
-        prefix, monitored = f"manifold/{snapshot.probe}/", trainer.callback_metrics
-        for key in [k for k in monitored if k.startswith(prefix)]:
-            monitored[key] = torch.tensor(math.nan)
-        for key, v in {**scalars, f"{prefix}valid": float(snapshot.valid)}.items():
-            monitored[key] = torch.tensor(float(v))
+        # The probe's keys hold this capture's values only: a key of the previous capture
+        # undefined now becomes NaN.
+        monitored = {**scalars, f"manifold/{snapshot.probe}/valid": float(snapshot.valid)}
+        for key in self._monitored.get(snapshot.probe, set()) - monitored.keys():
+            trainer.callback_metrics[key] = torch.tensor(math.nan)
+        for key, v in monitored.items():
+            trainer.callback_metrics[key] = torch.tensor(float(v))
+        self._monitored[snapshot.probe] = set(monitored)
 
     def _place_on_manifold(self, snapshot: Snapshot) -> dict[str, float]:
         """Rank zero: the online module's scalars for a valid snapshot (coordinates, residual,

@@ -243,13 +243,13 @@ class ManifoldEarlyStopping(Callback):
                 decision = self._decide(trainer, step)
         if trainer.world_size > 1:
             decision = trainer.strategy.broadcast(decision)
-        if decision is not None:
-            self.decision = decision
-            if decision.mode == "stop":
-                trainer.should_stop = True
-        if trainer.is_global_zero and self.decision is not None:
-            # re-published after every capture: the manifold resets its probe's keys
-            publish(trainer, self._scalars(self.decision), step, log=decision is not None)
+        if decision is None:
+            return
+        self.decision = decision
+        if decision.mode == "stop":
+            trainer.should_stop = True
+        if trainer.is_global_zero:
+            publish(trainer, self._scalars(decision), step)
 
     def _decide(self, trainer: pl.Trainer, step: int) -> Decision | None:
         """Rank zero: update the counters with the latest capture; the decision, if any."""

@@ -211,10 +211,5 @@ class ManifoldForecast(Callback):
         result = forecast_from_reference(reference, step, progress, self._targets[1])
         eta, low, high = (float(result.eta), float(result.low), float(result.high))
         self.history.append(ForecastRecord(step, progress, eta, low, high))
-        scalars = {
-            prefix + name: v
-            for name, v in (("eta_step", eta), ("eta_low", low), ("eta_high", high))
-            if math.isfinite(v)
-        }
-        if scalars:
-            publish(trainer, scalars, step, log=self.log)
+        scalars = {prefix + "eta_step": eta, prefix + "eta_low": low, prefix + "eta_high": high}
+        publish(trainer, scalars, step, log=self.log)
