@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,8 +66,10 @@ def train_trajectory(
     n_probe: int = 200,
     batch_size: int = 80,
     width: int = 64,
+    capture_every: int = 1,
 ) -> Trajectory:
-    """Train a one-hidden-layer student with SGD in a plain loop, capturing after every step.
+    """Train a one-hidden-layer student with SGD in a plain loop, capturing every
+    ``capture_every`` steps.
 
     The probe is the first ``n_probe`` training samples; the model is captured in eval mode.
     """
@@ -92,7 +95,8 @@ def train_trajectory(
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
             step += 1
-            capture(step)
+            if step % capture_every == 0:
+                capture(step)
     log_probs = torch.stack(out)
     progress = F.progress_from_log_probs(log_probs, y_probe).numpy()
     return Trajectory(log_probs, np.asarray(steps, dtype=np.int64), progress)
@@ -162,15 +166,20 @@ def evaluate(
     lr: float = 0.5,
     epochs: int = 20,
     target_progress: float | None = None,
+    **train_kwargs: Any,
 ) -> list[ForecastCheck]:
     """Train the reference and held-out runs and check every forecast.
 
     ``held_out`` lists (seed, learning-rate factor) pairs; the factors make runs faster or
-    slower than the reference, so the forecast has to rescale time.
+    slower than the reference, so the forecast has to rescale time. ``train_kwargs`` go to
+    :func:`train_trajectory`.
     """
     task = small_task()
-    labels = task.y_train[:200]
-    refs = [train_trajectory(task, seed=s, lr=lr, epochs=epochs) for s in reference_seeds]
+    labels = task.y_train[: train_kwargs.get("n_probe", 200)]
+    refs = [
+        train_trajectory(task, seed=s, lr=lr, epochs=epochs, **train_kwargs)
+        for s in reference_seeds
+    ]
     reference = ReferenceEmbedding.fit(
         [r.log_probs for r in refs],
         labels=labels,
@@ -181,7 +190,7 @@ def evaluate(
     checks = []
     for seed, factor in held_out:  # a slower run trains longer, so that it reaches the target
         run_epochs = math.ceil(epochs * 1.5 / factor)
-        run = train_trajectory(task, seed=seed, lr=lr * factor, epochs=run_epochs)
+        run = train_trajectory(task, seed=seed, lr=lr * factor, epochs=run_epochs, **train_kwargs)
         checks += check_forecasts(reference, run, labels, target_progress=target_progress)
     return checks
 
