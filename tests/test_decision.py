@@ -6,8 +6,13 @@ diverging (huge learning rate) and good runs are then judged against it.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import math
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +344,81 @@ def test_needs_a_manifold_callback_and_valid_arguments() -> None:
         ManifoldEarlyStopping(max_relative_speed=0.5)
     with pytest.raises(ValueError, match="`patience`"):
         ManifoldEarlyStopping(patience=0)
+
+
+# ------------------------------------------------------------------ README and the HPO example
+
+
+def _load_example(name: str) -> Any:
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _readme_block(section: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", body, re.S)
+    assert match is not None, f"no python block in section {section!r}"
+    return match.group(1)
+
+
+def test_readme_stop_snippet_stops_a_slow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = _readme_block("Stop bad runs early")
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10
+    x, y = teacher_data(n=500, d=D, C=C, seed=0)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    monkeypatch.chdir(tmp_path)
+    # the baseline: a good run saves its reference, copied to where the snippet expects it
+    torch.manual_seed(0)
+    baseline = ManifoldCallback(
+        ProbeSet.from_dataset(dataset, 500, name="train"),
+        dirpath=tmp_path / "baseline",
+        save_reference=True,
+        plots=False,
+        durable=False,
+    )
+    pl.Trainer(**fast_trainer_kwargs(max_epochs=4, callbacks=[baseline])).fit(
+        TinyClassifier(D, C, hidden=32, lr=GOOD_LR), make_loader(x, y, batch_size=BATCH)
+    )
+    Path(baseline.reference_paths["train"]).rename(tmp_path / "baseline.npz")
+    torch.manual_seed(1)
+    namespace: dict[str, Any] = {
+        "model": TinyClassifier(D, C, hidden=32, lr=GOOD_LR / 20),  # far too slow
+        "train_dataset": dataset,
+        "train_loader": make_loader(x, y, batch_size=BATCH),
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, "README.md", "exec"), namespace)
+    decision = namespace["stopper"].decision
+    assert decision is not None
+    assert decision.reason == "slow"
+    assert namespace["trainer"].global_step < 10 * (500 // BATCH + 1)
+    assert namespace["forecast"].history, "the forecast made no estimate"
+
+
+def test_hpo_example_prunes_the_bad_trials(tmp_path: Path) -> None:
+    hpo = _load_example("hpo_optuna")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert hpo.main(["--fast", "--out", str(tmp_path)]) == 0
+    out = printed.getvalue()
+    rows = {
+        line.split(")")[0] + ")": line for line in out.splitlines() if line.startswith("Trial(")
+    }
+    assert len(rows) == len(hpo.FAST_CONFIGS)
+    for config in hpo.FAST_CONFIGS:
+        bad = config.lr < 0.01 or config.lr > 100 or config.labels != "clean"
+        assert ("pruned" in rows[str(config)]) == bad, rows[str(config)]
+    saved = re.search(r"(\d+) run vs (\d+) to finish every trial", out)
+    assert saved is not None
+    assert int(saved.group(1)) < int(saved.group(2))
+    assert "kept by the pruned study" in out
