@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
+from typing_extensions import override
 
 from lightning_manifold.callback import ManifoldCallback
+from lightning_manifold.sinks.files import _atomic_write
 
 
 def find_manifold(trainer: pl.Trainer, probe: str | None, owner: str) -> tuple[Any, str]:
@@ -39,6 +40,53 @@ def find_manifold(trainer: pl.Trainer, probe: str | None, owner: str) -> tuple[A
             return cb, probe
     names = [n for cb in manifolds for n in cb.probe_names]
     raise ValueError(f"{owner}: `probe` must be one of the recorded probes {names}, got {probe!r}")
+
+
+class ManifoldReader(Callback):
+    """Base of the callbacks that read the manifold's results after each capture.
+
+    Finds the ManifoldCallback of ``probe`` at ``setup`` and calls :meth:`_check` at every
+    training batch end and epoch end (captures happen at batch start and epoch end).
+    """
+
+    owner = "ManifoldReader"
+
+    def __init__(self, probe: str | None) -> None:
+        if probe is not None and not (isinstance(probe, str) and probe):
+            raise ValueError(f"`probe` must be a non-empty str or None, got {probe!r}")
+        self.probe_arg = probe
+        self.probe: str | None = probe
+        self._manifold: Any = None
+        self._watch = CaptureWatcher()
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._watch.reset()
+        self._reset()
+        self._manifold, self.probe = find_manifold(trainer, self.probe_arg, self.owner)
+
+    def _reset(self) -> None:
+        """Forget the state of a previous fit."""
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        raise NotImplementedError
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._check(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
 
 
 class CaptureWatcher:
@@ -95,17 +143,9 @@ def publish(trainer: pl.Trainer, scalars: dict[str, float], step: int, *, log: b
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``payload`` as JSON to ``path`` atomically (temporary file, then rename)."""
     text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False, default=str)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, text.encode())
 
 
 def finite_or_none(value: float) -> float | None:

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_manifold._watch import (
-    CaptureWatcher,
-    find_manifold,
+    ManifoldReader,
     finite_or_none,
     publish,
     read_scalar,
@@ -81,7 +79,7 @@ def _check_number(value: Any, name: str, *, low: float, allow_equal: bool) -> fl
     return float(value)
 
 
-class ManifoldEarlyStopping(Callback):
+class ManifoldEarlyStopping(ManifoldReader):
     r"""Stop or flag a run that the manifold says is going nowhere good.
 
     After every capture of the :class:`~lightning_manifold.callback.ManifoldCallback` (found
@@ -151,11 +149,9 @@ class ManifoldEarlyStopping(Callback):
         stop_on_invalid: bool = True,
         stop_off_manifold: bool = True,
     ) -> None:
+        super().__init__(probe)
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}")
-        if probe is not None and not (isinstance(probe, str) and probe):
-            raise ValueError(f"`probe` must be a non-empty str or None, got {probe!r}")
-        self.probe_arg = probe
         self.mode = mode
         self.patience = _check_count(patience, "patience") or 1
         self.max_relative_speed = (
@@ -172,10 +168,7 @@ class ManifoldEarlyStopping(Callback):
         self.min_delta = _check_number(min_delta, "min_delta", low=0, allow_equal=True)
         self.stop_on_invalid = bool(stop_on_invalid)
         self.stop_off_manifold = bool(stop_off_manifold)
-        self.probe: str | None = probe
         self.decision: Decision | None = None
-        self._manifold: Any = None
-        self._watch = CaptureWatcher()
         self._counts = {"invalid": 0, "off_manifold": 0, "slow": 0, "plateau": 0}
         self._best_progress = -math.inf
 
@@ -202,30 +195,12 @@ class ManifoldEarlyStopping(Callback):
         decision = state_dict.get("decision")
         self.decision = Decision(**decision) if isinstance(decision, dict) else None
 
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self._watch.reset()
+    owner = "ManifoldEarlyStopping"
+
+    def _reset(self) -> None:
         self._counts = dict.fromkeys(self._counts, 0)
         self._best_progress = -math.inf
         self.decision = None
-        self._manifold, self.probe = find_manifold(trainer, self.probe_arg, "ManifoldEarlyStopping")
-
-    @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self._check(trainer)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check(trainer)
 
     # ------------------------------------------------------------------ decision
 

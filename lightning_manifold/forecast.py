@@ -15,11 +15,10 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_manifold._watch import CaptureWatcher, find_manifold, publish, read_scalar
+from lightning_manifold._watch import ManifoldReader, publish, read_scalar
 from lightning_manifold.embedding import ReferenceEmbedding, step_at_progress
 from lightning_manifold.functional.forecast import StepForecast, forecast_steps
 
@@ -83,7 +82,7 @@ def forecast_from_reference(
     return forecast_steps(step, np.asarray(now, dtype=np.float64), targets)
 
 
-class ManifoldForecast(Callback):
+class ManifoldForecast(ManifoldReader):
     r"""Forecast the step at which the run reaches a target progress or probe error.
 
     After every capture of the :class:`~lightning_manifold.callback.ManifoldCallback` (which
@@ -138,14 +137,11 @@ class ManifoldForecast(Callback):
                 raise ValueError(f"`{name}` must be a number in [0, 1] or None, got {value!r}")
         if target_progress is not None and target_error is not None:
             raise ValueError("give `target_progress` or `target_error`, not both")
-        self.probe_arg = probe
-        self.probe: str | None = probe
+        super().__init__(probe)
         self.target_progress = target_progress
         self.target_error = target_error
         self.log = bool(log)
         self.history: list[ForecastRecord] = []
-        self._manifold: Any = None
-        self._watch = CaptureWatcher()
         self._targets: tuple[Any, np.ndarray] | None = None  # (reference, (R,) target steps)
         self._warned = False
 
@@ -158,29 +154,11 @@ class ManifoldForecast(Callback):
             target_error=self.target_error,
         )
 
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self._watch.reset()
+    owner = "ManifoldForecast"
+
+    def _reset(self) -> None:
         self._targets = None
         self.history = []
-        self._manifold, self.probe = find_manifold(trainer, self.probe_arg, "ManifoldForecast")
-
-    @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self._check(trainer)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check(trainer)
 
     def _check(self, trainer: pl.Trainer) -> None:
         if self._manifold is None or not trainer.is_global_zero:

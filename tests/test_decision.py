@@ -7,12 +7,10 @@ diverging (huge learning rate) and good runs are then judged against it.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 import torch
 from conftest import MemoryLogger, TinyClassifier, fast_trainer_kwargs, make_loader, teacher_data
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from test_examples import _load, _readme_block, _run_example
 
 from lightning_manifold import (
     ManifoldCallback,
@@ -87,13 +86,7 @@ def _fit(
     return trainer, manifold
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """Tiny models gain nothing from threads; on a busy machine spinning threads cost a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -349,27 +342,6 @@ def test_needs_a_manifold_callback_and_valid_arguments() -> None:
 # ------------------------------------------------------------------ README and the HPO example
 
 
-def _load_example(name: str) -> Any:
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _readme_block(section: str) -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```python\n(.*?)```", body, re.S)
-    assert match is not None, f"no python block in section {section!r}"
-    return match.group(1)
-
-
 def test_readme_stop_snippet_stops_a_slow_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,10 +379,9 @@ def test_readme_stop_snippet_stops_a_slow_run(
 
 
 def test_hpo_example_prunes_the_bad_trials(tmp_path: Path) -> None:
-    hpo = _load_example("hpo_optuna")
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert hpo.main(["--fast", "--out", str(tmp_path)]) == 0
-    out = printed.getvalue()
+    code, out = _run_example("hpo_optuna", ["--fast", "--out", str(tmp_path)])
+    assert code == 0
+    hpo = _load("hpo_optuna")
     rows = {
         line.split(")")[0] + ")": line for line in out.splitlines() if line.startswith("Trial(")
     }
