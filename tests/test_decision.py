@@ -369,6 +369,8 @@ def test_readme_stop_snippet_stops_a_slow_run(
         "train_dataset": dataset,
         "train_loader": make_loader(x, y, batch_size=BATCH),
     }
+    # no figures: drawing them (tested with the sinks) would take most of this test's time
+    monkeypatch.setattr(ManifoldCallback, "_start_sinks", lambda self, trainer: None)
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(code, "README.md", "exec"), namespace)
     decision = namespace["stopper"].decision
