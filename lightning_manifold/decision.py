@@ -136,6 +136,8 @@ class ManifoldEarlyStopping(ManifoldReader):
         >>> trainer = Trainer(max_steps=200, callbacks=[ManifoldCallback(probe), stopper])
     """
 
+    owner = "ManifoldEarlyStopping"
+
     def __init__(
         self,
         probe: str | None = None,
@@ -194,8 +196,6 @@ class ManifoldEarlyStopping(ManifoldReader):
         self._watch.last_step = state_dict.get("last_step")
         decision = state_dict.get("decision")
         self.decision = Decision(**decision) if isinstance(decision, dict) else None
-
-    owner = "ManifoldEarlyStopping"
 
     def _reset(self) -> None:
         self._counts = dict.fromkeys(self._counts, 0)

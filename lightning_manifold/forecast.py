@@ -120,6 +120,8 @@ class ManifoldForecast(ManifoldReader):
         >>> # Trainer(callbacks=[ManifoldCallback(probe, reference="baseline.npz"), forecast])
     """
 
+    owner = "ManifoldForecast"
+
     def __init__(
         self,
         probe: str | None = None,
@@ -153,8 +155,6 @@ class ManifoldForecast(ManifoldReader):
             target_progress=self.target_progress,
             target_error=self.target_error,
         )
-
-    owner = "ManifoldForecast"
 
     def _reset(self) -> None:
         self._targets = None
