@@ -24,10 +24,14 @@ _EXPORTS = {
     "OnlineManifold": "lightning_manifold.online",
     "Snapshot": "lightning_manifold.snapshot",
     "ManifoldFrame": "lightning_manifold.frame",
+    "ManifoldEarlyStopping": "lightning_manifold.decision",
+    "ManifoldForecast": "lightning_manifold.forecast",
 }
 
 __all__ = [
     "ManifoldCallback",
+    "ManifoldEarlyStopping",
+    "ManifoldForecast",
     "ManifoldFrame",
     "OnlineManifold",
     "ProbeSet",
@@ -41,7 +45,9 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_manifold import functional
     from lightning_manifold.callback import ManifoldCallback
+    from lightning_manifold.decision import ManifoldEarlyStopping
     from lightning_manifold.embedding import ReferenceEmbedding
+    from lightning_manifold.forecast import ManifoldForecast
     from lightning_manifold.frame import ManifoldFrame
     from lightning_manifold.online import OnlineManifold
     from lightning_manifold.probe import ProbeSet

@@ -160,6 +160,18 @@ class ManifoldCallback(Callback):
 
     The same values are kept in each store record's ``metrics``.
 
+    Monitoring: at every capture the same keys (float tensors) are written into
+    ``trainer.callback_metrics`` (not logged a second time), plus ``manifold/<probe>/valid``
+    (1 or 0); a key undefined at that capture holds NaN. So ``EarlyStopping``,
+    ``ModelCheckpoint(monitor=...)``, an LR scheduler's monitor or a pruner can watch them,
+    and each sees the value of the latest capture at *its own* check: ``EarlyStopping`` at
+    train epoch end (validation end when validation runs), ``ModelCheckpoint`` at its
+    ``every_n_train_steps`` / epoch / validation end. Captures between two checks are not
+    seen; for a fresh value at every check, capture at the same cadence (e.g.
+    ``Schedule(every_n_epochs=1)`` with epoch-end checks). The values exist on rank zero only:
+    under DDP use :class:`~lightning_manifold.decision.ManifoldEarlyStopping`, which
+    broadcasts its decision.
+
     Args:
         probes: one :class:`~lightning_manifold.probe.ProbeSet` or a sequence of them with distinct
             names (typically a train probe and a val probe).
@@ -316,6 +328,7 @@ class ManifoldCallback(Callback):
         self._warned: set[str] = set()
         self._online: dict[str, OnlineManifold] = {}  # rank zero, during training
         self._sinks: SinkGroup | None = None  # rank zero, during training
+        self._monitored: dict[str, set[str]] = {}  # probe -> its keys in callback_metrics
         self.reference_paths: dict[str, str] = {}  # filled at fit end with `save_reference`
 
     # ------------------------------------------------------------------ public state
@@ -563,10 +576,19 @@ class ManifoldCallback(Callback):
         values = dict(snapshot.metrics) if snapshot.valid else {"valid": 0.0}
         if snapshot.valid:
             values = {**self._place_on_manifold(snapshot), **values}
+        scalars = {f"manifold/{snapshot.probe}/{key}": v for key, v in values.items()}
         if self.log_scalars and trainer.loggers:
-            scalars = {f"manifold/{snapshot.probe}/{key}": v for key, v in values.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=snapshot.step)
+        # Monitorable by other callbacks (not through `pl_module.log`: that would log again).
+        # The probe's keys hold this capture's values only: a key of the previous capture
+        # undefined now becomes NaN.
+        monitored = {**scalars, f"manifold/{snapshot.probe}/valid": float(snapshot.valid)}
+        for key in self._monitored.get(snapshot.probe, set()) - monitored.keys():
+            trainer.callback_metrics[key] = torch.tensor(math.nan)
+        for key, v in monitored.items():
+            trainer.callback_metrics[key] = torch.tensor(float(v))
+        self._monitored[snapshot.probe] = set(monitored)
 
     def _place_on_manifold(self, snapshot: Snapshot) -> dict[str, float]:
         """Rank zero: the online module's scalars for a valid snapshot (coordinates, residual,

@@ -270,3 +270,13 @@ def blobs_val() -> tuple[Tensor, Tensor]:
     """(96, 8) float32 held-out inputs and (96,) labels from the same blobs as ``blobs``."""
     x, y = make_blobs(256 + 96, 8, 3, seed=0)
     return x[256:], y[256:]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """One torch thread for the module: tiny models gain nothing from more, and on a busy
+    machine spinning OpenMP threads cost a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

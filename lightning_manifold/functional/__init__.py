@@ -20,6 +20,7 @@ from lightning_manifold.functional.distances import (
     symmetric_kl,
     symmetric_kl_from_log_probs,
 )
+from lightning_manifold.functional.forecast import StepForecast, eta_per_run, forecast_steps
 from lightning_manifold.functional.geodesic import (
     geodesic_point,
     ignorance,
@@ -61,6 +62,7 @@ __all__ = [
     "Alignment",
     "GeodesicProjection",
     "InPCAResult",
+    "StepForecast",
     "bhattacharyya",
     "bhattacharyya_coefficients",
     "bhattacharyya_from_log_probs",
@@ -70,8 +72,10 @@ __all__ = [
     "distance_to_ignorance_from_log_probs",
     "distance_to_truth",
     "distance_to_truth_from_log_probs",
+    "eta_per_run",
     "explained_pairwise_distance",
     "explained_stress",
+    "forecast_steps",
     "geodesic_distance",
     "geodesic_point",
     "geodesic_projection",
