@@ -228,7 +228,8 @@ def test_imprinted_probe_argument_errors() -> None:
     twice = ImprintedProbe(x, y, features="head", forward=lambda m, b: m(b) + m(b))
     with pytest.raises(ValueError, match="ran 2 times in one forward pass"):
         twice.predict(model)
-    assert model.body._forward_hooks == {} and model.head._forward_hooks == {}
+    assert model.body._forward_hooks == {}
+    assert model.head._forward_hooks == {}
 
 
 def test_layer_and_callable_features_agree_and_shards_cover_the_probe() -> None:
