@@ -5,9 +5,11 @@ Riemann length), ImprintedProbe in the callback (store, online metrics, CLI, no 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +351,39 @@ def test_imprinted_capture_leaves_training_bit_identical(tmp_path: Path) -> None
     for module in probed.modules():
         assert not module._forward_hooks, module
     assert as_np(probed.body[0].weight).shape == (16, 8)
+
+
+# ----------------------------------------------------------------------------- the example
+
+
+def test_example_runs_and_prints_the_chapter_findings(tmp_path: Path) -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "imprinting.py"
+    spec = importlib.util.spec_from_file_location("imprinting_example", path)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert example.main(["--fast", "--out", str(tmp_path)]) == 0
+    printed = out.getvalue()
+    assert "Chapter 3 findings, as measured here:" in printed
+    for png in ("map.png", "chapter3.png"):
+        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    runs = tmp_path / "runs"
+    seen = {"all": list(range(10)), "first-half": [0, 1, 2, 3, 4], "contrastive": []}
+    for method, classes in seen.items():
+        store = TrajectoryStore(runs / f"{method}-seed0" / "union")
+        assert store.meta["imprinting"]["seen_classes"] == classes
+        assert store.num_classes == 10
+        assert int(store.valid.sum()) == len(store) >= 3
+    assert (runs / "all-seed0" / "head" / "manifest.json").exists()
+    # the printed contrastive progress is the stores' final progress, averaged over seeds
+    match = re.search(r"contrastive encoder \(no labels\) reaches progress ([0-9.]+)", printed)
+    assert match is not None
+    final = [TrajectoryStore(runs / f"contrastive-seed{s}" / "union") for s in range(2)]
+    expected = np.mean([s.metrics("progress")[s.valid][-1] for s in final])
+    assert float(match.group(1)) == pytest.approx(expected, abs=6e-4)
+    assert re.search(r"training on classes 0-4 reaches progress [0-9.]+ on them", printed)
+    assert "tubes intersect" in printed or "share no progress range" in printed
+    assert "Riemann length" in printed

@@ -177,6 +177,8 @@ def seen_novel_progress(
     per_class = per_class.reshape(-1, per_class.shape[-1])
     C = per_class.shape[1]
     seen_t = torch.as_tensor(seen_classes).reshape(-1)
+    if seen_t.numel() == 0:  # trained on none of the classes (e.g. a self-supervised encoder)
+        seen_t = seen_t.long()
     if seen_t.is_floating_point() or seen_t.dtype == torch.bool:
         raise ValueError(f"`seen_classes` must be integer class indices, got dtype {seen_t.dtype}")
     if seen_t.numel() and (int(seen_t.min()) < 0 or int(seen_t.max()) >= C):
