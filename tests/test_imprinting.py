@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +363,7 @@ def test_example_runs_and_prints_the_chapter_findings(tmp_path: Path) -> None:
     assert spec is not None
     assert spec.loader is not None
     example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses look their module up while it loads
     spec.loader.exec_module(example)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
