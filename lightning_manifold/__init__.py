@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ManifoldCallback": "lightning_manifold.callback",
     "ProbeSet": "lightning_manifold.probe",
+    "ImprintedProbe": "lightning_manifold.imprinting",
     "Schedule": "lightning_manifold.schedule",
     "TrajectoryStore": "lightning_manifold.store",
     "ReferenceEmbedding": "lightning_manifold.embedding",
@@ -29,6 +30,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ImprintedProbe",
     "ManifoldCallback",
     "ManifoldEarlyStopping",
     "ManifoldForecast",
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_manifold.embedding import ReferenceEmbedding
     from lightning_manifold.forecast import ManifoldForecast
     from lightning_manifold.frame import ManifoldFrame
+    from lightning_manifold.imprinting import ImprintedProbe
     from lightning_manifold.online import OnlineManifold
     from lightning_manifold.probe import ProbeSet
     from lightning_manifold.schedule import Schedule

@@ -698,10 +698,27 @@ class ManifoldCallback(Callback):
         """(N, C) log-probabilities of ``pl_module`` on ``probe``, in probe order, on every rank.
 
         Under DDP each rank predicts its fixed equal slice and the slices are gathered in rank
-        order (a collective: every rank must call this).
+        order (a collective: every rank must call this); ``probe.finalize`` then turns the
+        whole probe's outputs into log-probabilities.
+
+        Raises:
+            _FatalCaptureError: the first time a probe runs, its outputs cannot be finalized or
+                its class count differs from the model's output width.
         """
-        local = self._predict_local(trainer, pl_module, probe)  # (ceil(N / W), C)
-        return gather_probe(probe, local, pl_module.all_gather, trainer.world_size)
+        local = self._predict_local(trainer, pl_module, probe)  # (ceil(N / W), ...)
+        gathered = gather_probe(probe, local, pl_module.all_gather, trainer.world_size)
+        if probe.name in self._validated:
+            return probe.finalize(gathered)  # (N, C); e.g. imprinting needs the whole probe
+        try:
+            log_probs = probe.finalize(gathered)
+        except (ValueError, TypeError) as err:
+            raise _FatalCaptureError(_with_probe_name(err, probe.name)) from err
+        try:
+            probe.check_num_classes(log_probs.shape[1])
+        except ValueError as err:
+            raise _FatalCaptureError(err) from err
+        self._validated.add(probe.name)
+        return log_probs
 
     @contextmanager
     def _no_trace(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
@@ -723,15 +740,15 @@ class ManifoldCallback(Callback):
     def _predict_local(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet
     ) -> Tensor:
-        """(n, C) log-probabilities on this rank's slice of ``probe``; call inside ``_no_trace``.
+        """``predict`` outputs ((n, C) log-probabilities for a plain probe) on this rank's slice
+        of ``probe``; call inside ``_no_trace``.
 
         ``pl_module`` itself is called, never the DDP wrapper, so no gradient-synchronisation
         state changes.
 
         Raises:
-            _FatalCaptureError: the probe's class count differs from the model's output width, or
-                the probe cannot be run (any exception) the first time it is: a configuration
-                error, such as inputs of a shape the model does not take.
+            _FatalCaptureError: the probe cannot be run (any exception) the first time it is: a
+                configuration error, such as inputs of a shape the model does not take.
         """
         local_probe = self._local_probe(probe, trainer.global_rank, trainer.world_size)
         try:
@@ -740,12 +757,6 @@ class ManifoldCallback(Callback):
             if probe.name in self._validated:
                 raise  # a later failure: the capture is skipped with a warning
             raise _FatalCaptureError(_first_forward_error(err, probe)) from err
-        if probe.name not in self._validated:
-            try:
-                probe.check_num_classes(local.shape[1])
-            except ValueError as err:
-                raise _FatalCaptureError(err) from err
-            self._validated.add(probe.name)
         return local
 
     def _local_probe(self, probe: ProbeSet, rank: int, world_size: int) -> ProbeSet:
@@ -792,7 +803,7 @@ class ManifoldCallback(Callback):
         for probe in self._probes:
             try:
                 with self._no_trace(trainer, pl_module):
-                    self._predict_local(trainer, pl_module, probe)
+                    self._predict(trainer, pl_module, probe)
             except _FatalCaptureError as fatal:
                 raise fatal.original from None
 
@@ -957,7 +968,7 @@ class ManifoldCallback(Callback):
                 num_classes=probe.num_classes,
                 probe_name=probe.name,
                 run_name=TrajectoryStore(path).run_name if resumed and exists else self.run_name,
-                meta=self._store_meta(trainer),
+                meta={**self._store_meta(trainer), **probe.meta},
                 dtype=self.dtype,
                 durable=self.durable,
             )

@@ -738,6 +738,27 @@ class ProbeSet:
                 f"got {tuple(logits.shape)}; pass `forward=` / `transform=` for other models"
             )
 
+    def finalize(self, gathered: Tensor) -> Tensor:
+        """Turn :meth:`predict`'s outputs on the whole probe into (N, C) log-probabilities.
+
+        Called once per capture on the outputs of all N samples (gathered in probe order under
+        DDP), so a probe whose predictions need the whole probe (e.g. imprinting, which sums
+        features per class) computes them here. The identity for a plain probe.
+
+        Args:
+            gathered: :meth:`predict`'s outputs for all N samples, in probe order.
+
+        Returns:
+            (N, C) log-probabilities.
+        """
+        return gathered
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """JSON-serialisable facts about how the predictions are made, merged into the store's
+        metadata (``{}`` for a plain probe)."""
+        return {}
+
     def check_num_classes(self, num_classes: int) -> None:
         """Check the model's output class count against the probe (called at ``setup``).
 

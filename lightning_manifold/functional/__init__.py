@@ -27,6 +27,14 @@ from lightning_manifold.functional.geodesic import (
     ignorance_truth_geodesic,
     truth,
 )
+from lightning_manifold.functional.imprinting import (
+    SeenNovelProgress,
+    class_feature_sums,
+    imprint,
+    imprinted_log_probs,
+    imprinted_weights,
+    seen_novel_progress,
+)
 from lightning_manifold.functional.inpca import (
     InPCAResult,
     explained_pairwise_distance,
@@ -55,6 +63,14 @@ from lightning_manifold.functional.trajectory import (
     trajectory_distance,
     tube_width,
 )
+from lightning_manifold.functional.tubes import (
+    mean_trajectory,
+    normalized_tube_distance,
+    reindex_runs,
+    riemann_length,
+    riemann_length_from_log_probs,
+    tube_radius,
+)
 
 __all__ = [
     "CENTROIDS",
@@ -62,12 +78,14 @@ __all__ = [
     "Alignment",
     "GeodesicProjection",
     "InPCAResult",
+    "SeenNovelProgress",
     "StepForecast",
     "bhattacharyya",
     "bhattacharyya_coefficients",
     "bhattacharyya_from_log_probs",
     "bhattacharyya_from_sqrt",
     "centroid",
+    "class_feature_sums",
     "distance_to_ignorance",
     "distance_to_ignorance_from_log_probs",
     "distance_to_truth",
@@ -82,8 +100,13 @@ __all__ = [
     "geodesic_projection_from_log_probs",
     "ignorance",
     "ignorance_truth_geodesic",
+    "imprint",
+    "imprinted_log_probs",
+    "imprinted_weights",
     "inpca",
+    "mean_trajectory",
     "minkowski_sq_distance",
+    "normalized_tube_distance",
     "per_class_progress_from_log_probs",
     "procrustes_align",
     "progress",
@@ -93,10 +116,15 @@ __all__ = [
     "project_from_stats",
     "random_column_stochastic",
     "reindex_by_progress",
+    "reindex_runs",
+    "riemann_length",
+    "riemann_length_from_log_probs",
+    "seen_novel_progress",
     "symmetric_kl",
     "symmetric_kl_from_log_probs",
     "time_like",
     "trajectory_distance",
     "truth",
+    "tube_radius",
     "tube_width",
 ]
