@@ -491,10 +491,16 @@ class ManifoldCallback(Callback):
             outputs = [(p, self._predict(trainer, pl_module, p)) for p in self._probes]
         if not trainer.is_global_zero:
             return snapshots
-        for probe, log_probs in outputs:  # (N, C) each; metrics outside autocast
+        for probe, gathered in outputs:  # metrics outside autocast
+            log_probs = probe.finalize(gathered)  # (N, C)
             labels = probe.labels_on(log_probs.device)
             valid = bool(torch.isfinite(log_probs).all())
-            metrics = self._metrics(probe.name, step, log_probs, labels) if valid else {}
+            metrics = {}
+            if valid:
+                metrics = self._metrics(probe.name, step, log_probs, labels)
+                exact = probe.exact_metrics(gathered)  # a reduced vocabulary: full-V values
+                if exact is not None:
+                    metrics.update(zip(exact, torch.stack(list(exact.values())).tolist()))
             snapshots.append(
                 Snapshot(
                     probe=probe.name,
@@ -675,7 +681,7 @@ class ManifoldCallback(Callback):
         """
         local_probe = self._local_probe(probe, trainer.global_rank, trainer.world_size)
         try:
-            local = local_probe.predict(pl_module, dtype=self.dtype)
+            local = local_probe.capture(pl_module, dtype=self.dtype)
         except (ValueError, TypeError) as err:
             if probe.name in self._validated:
                 raise
@@ -895,7 +901,7 @@ class ManifoldCallback(Callback):
                 num_classes=probe.num_classes,
                 probe_name=probe.name,
                 run_name=TrajectoryStore(path).run_name if resumed else self.run_name,
-                meta=self._store_meta(trainer),
+                meta={**self._store_meta(trainer), **probe.meta},
                 dtype=self.dtype,
                 durable=self.durable,
             )

@@ -737,6 +737,35 @@ class ProbeSet:
                 f"got {tuple(logits.shape)}; pass `forward=` / `transform=` for other models"
             )
 
+    # ---------------------------------------------------------------- capture protocol
+    # A capture runs `capture` on each rank's shard, gathers the rows (`unshard`), then
+    # `finalize` turns them into (N, C) log-probabilities and `exact_metrics` may supply scalars
+    # that the stored predictions cannot give exactly (a reduced vocabulary). Subclasses whose
+    # per-rank rows are not log-probabilities (token statistics, features) override these.
+
+    def capture(
+        self,
+        module: nn.Module,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The rows this probe (or DDP shard) contributes to a capture; here :meth:`predict`."""
+        return self.predict(module, dtype=dtype, device=device)
+
+    def finalize(self, gathered: Tensor) -> Tensor:
+        """(N, C) log-probabilities from the gathered capture rows; here the rows themselves."""
+        return gathered
+
+    def exact_metrics(self, gathered: Tensor) -> dict[str, Tensor] | None:
+        """Probe scalars to use instead of those computed from :meth:`finalize`; here None."""
+        return None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What a trajectory store should record about this probe's predictions (JSON)."""
+        return {}
+
     def check_num_classes(self, num_classes: int) -> None:
         """Check the model's output class count against the probe (called at ``setup``).
 
