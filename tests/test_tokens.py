@@ -4,6 +4,7 @@ real Trainer run of a tiny causal language model."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -352,3 +353,38 @@ def test_trainer_run_is_bit_identical_and_stores_exact_token_metrics(tmp_path: P
     assert store.metrics("progress")[-1] == pytest.approx(expected, abs=1e-6)
     truth = float(F.distance_to_truth_from_log_probs(lp, probe.targets))
     assert store.metrics("distance_to_truth")[-1] == pytest.approx(truth, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the example
+
+
+def test_language_model_example_runs_and_reports_the_source(tmp_path: Path) -> None:
+    import contextlib
+    import importlib.util
+    import io
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "language_model.py"
+    spec = importlib.util.spec_from_file_location("language_model_example", path)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses look their module up there
+    spec.loader.exec_module(example)
+    source = example.MarkovSource.make(40, successors=5, seed=0)
+    # the source's rows are distributions with exactly 5 successors each
+    probs = source.log_transition.exp()
+    torch.testing.assert_close(probs.sum(1), torch.ones(40, dtype=torch.float64))
+    assert ((probs > 0).sum(1) == 5).all()
+
+    out = io.StringIO()
+    argv = ["--fast", "--vocab", "120", "--steps", "6", "--k", "30", "--out", str(tmp_path)]
+    with contextlib.redirect_stdout(out):
+        assert example.main(argv) == 0
+    printed = out.getvalue()
+    for name in ("narrow", "wide", "wide-slow-lr"):
+        store = TrajectoryStore(tmp_path / name / "val")
+        assert store.num_classes == 32
+        assert store.valid.all()
+        assert f"{name}:" in printed
+    assert "d_B to the true source" in printed
+    assert (tmp_path / "language_model.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

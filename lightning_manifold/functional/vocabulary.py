@@ -202,10 +202,13 @@ def reduce_vocabulary(
         best_id = torch.where(better, c_arg + j0, best_id)
         new_max = torch.maximum(run_max, c_max)
         safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        scale = torch.exp(run_max - safe)  # rescale what was summed under the old maximum
-        e = torch.exp(x - safe[:, None])
+        half_scale = torch.exp(0.5 * (run_max - safe))  # rescales sums under the old maximum
+        # sqrt(p) up to a factor first; p = its square (one exponential per value, not two)
+        e = torch.sub(x, safe[:, None]).mul_(0.5).exp_()
+        run_sqrt = run_sqrt * half_scale + e.sum(1)
+        e.square_()
+        scale = half_scale.square_()
         run_sum = run_sum * scale + e.sum(1)
-        run_sqrt = run_sqrt * scale.sqrt() + e.sqrt().sum(1)
         if proj is not None:
             proj.mul_(scale[:, None]).addmm_(e, projection[j0 : j0 + chunk].to(dtype))
         run_max = new_max
@@ -216,9 +219,8 @@ def reduce_vocabulary(
                 x[r, col] = -math.inf
             r_max = torch.maximum(rest_max, x.max(dim=1).values)
             r_safe = torch.where(torch.isfinite(r_max), r_max, torch.zeros_like(r_max))
-            rest_sum = rest_sum * torch.exp(rest_max - r_safe) + torch.exp(x - r_safe[:, None]).sum(
-                1
-            )
+            x.sub_(r_safe[:, None]).exp_()
+            rest_sum = rest_sum * torch.exp(rest_max - r_safe) + x.sum(1)
             rest_max = r_max
     log_norm = run_max + torch.log(run_sum)  # log-sum-exp of each row
     target_logit = logits.gather(1, targets[:, None].to(logits.device)).squeeze(1).to(dtype)
