@@ -541,10 +541,15 @@ class ManifoldCallback(Callback):
             outputs = [(p, self._predict(trainer, pl_module, p)) for p in self._probes]
         if not trainer.is_global_zero:
             return snapshots
-        for probe, log_probs in outputs:  # (N, C) each; metrics outside autocast
+        for probe, (log_probs, gathered) in outputs:  # (N, C) each; metrics outside autocast
             labels = probe.labels_on(log_probs.device)
             valid = bool(torch.isfinite(log_probs).all())
-            metrics = self._metrics(probe.name, step, log_probs, labels) if valid else {}
+            metrics = {}
+            if valid:
+                metrics = self._metrics(probe.name, step, log_probs, labels)
+                exact = probe.exact_metrics(gathered)  # a reduced vocabulary: full-V values
+                if exact is not None:
+                    metrics.update(zip(exact, torch.stack(list(exact.values())).tolist()))
             snapshots.append(
                 Snapshot(
                     probe=probe.name,
@@ -694,12 +699,13 @@ class ManifoldCallback(Callback):
 
     def _predict(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet
-    ) -> Tensor:
-        """(N, C) log-probabilities of ``pl_module`` on ``probe``, in probe order, on every rank.
+    ) -> tuple[Tensor, Tensor]:
+        """(N, C) log-probabilities of ``pl_module`` on ``probe``, in probe order, on every rank,
+        and the gathered capture rows they came from.
 
-        Under DDP each rank predicts its fixed equal slice and the slices are gathered in rank
-        order (a collective: every rank must call this); ``probe.finalize`` then turns the
-        whole probe's outputs into log-probabilities.
+        Under DDP each rank captures its fixed slice and the slices are gathered in rank order
+        (a collective: every rank must call this); ``probe.finalize`` then turns the whole
+        probe's rows into log-probabilities (the rows themselves for a plain probe).
 
         Raises:
             _FatalCaptureError: the first time a probe runs, its outputs cannot be finalized or
@@ -708,7 +714,7 @@ class ManifoldCallback(Callback):
         local = self._predict_local(trainer, pl_module, probe)  # (ceil(N / W), ...)
         gathered = gather_probe(probe, local, pl_module.all_gather, trainer.world_size)
         if probe.name in self._validated:
-            return probe.finalize(gathered)  # (N, C); e.g. imprinting needs the whole probe
+            return probe.finalize(gathered), gathered  # e.g. imprinting needs the whole probe
         try:
             log_probs = probe.finalize(gathered)
         except (ValueError, TypeError) as err:
@@ -718,7 +724,7 @@ class ManifoldCallback(Callback):
         except ValueError as err:
             raise _FatalCaptureError(err) from err
         self._validated.add(probe.name)
-        return log_probs
+        return log_probs, gathered
 
     @contextmanager
     def _no_trace(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
@@ -752,7 +758,7 @@ class ManifoldCallback(Callback):
         """
         local_probe = self._local_probe(probe, trainer.global_rank, trainer.world_size)
         try:
-            local = local_probe.predict(pl_module, dtype=self.dtype)
+            local = local_probe.capture(pl_module, dtype=self.dtype)
         except Exception as err:
             if probe.name in self._validated:
                 raise  # a later failure: the capture is skipped with a warning

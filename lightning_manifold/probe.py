@@ -738,25 +738,38 @@ class ProbeSet:
                 f"got {tuple(logits.shape)}; pass `forward=` / `transform=` for other models"
             )
 
-    def finalize(self, gathered: Tensor) -> Tensor:
-        """Turn :meth:`predict`'s outputs on the whole probe into (N, C) log-probabilities.
+    # ---------------------------------------------------------------- capture protocol
+    # A capture runs `capture` on each rank's shard, gathers the rows (`unshard`), then
+    # `finalize` turns them into (N, C) log-probabilities and `exact_metrics` may supply scalars
+    # that the stored predictions cannot give exactly (a reduced vocabulary). Subclasses whose
+    # per-rank rows are not log-probabilities (token statistics, features) override these.
 
-        Called once per capture on the outputs of all N samples (gathered in probe order under
+    def capture(
+        self,
+        module: nn.Module,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The rows this probe (or DDP shard) contributes to a capture; here :meth:`predict`."""
+        return self.predict(module, dtype=dtype, device=device)
+
+    def finalize(self, gathered: Tensor) -> Tensor:
+        """Turn the capture rows of the whole probe into (N, C) log-probabilities.
+
+        Called once per capture on the rows of all N samples (gathered in probe order under
         DDP), so a probe whose predictions need the whole probe (e.g. imprinting, which sums
         features per class) computes them here. The identity for a plain probe.
-
-        Args:
-            gathered: :meth:`predict`'s outputs for all N samples, in probe order.
-
-        Returns:
-            (N, C) log-probabilities.
         """
         return gathered
 
+    def exact_metrics(self, gathered: Tensor) -> dict[str, Tensor] | None:
+        """Probe scalars to use instead of those computed from :meth:`finalize`; here None."""
+        return None
+
     @property
     def meta(self) -> dict[str, Any]:
-        """JSON-serialisable facts about how the predictions are made, merged into the store's
-        metadata (``{}`` for a plain probe)."""
+        """What a trajectory store should record about this probe's predictions (JSON)."""
         return {}
 
     def check_num_classes(self, num_classes: int) -> None:

@@ -14,6 +14,7 @@ from lightning_manifold.callback import ManifoldCallback
 from lightning_manifold.probe import ProbeSet
 from lightning_manifold.schedule import Schedule
 from lightning_manifold.store import TrajectoryStore, list_stores
+from lightning_manifold.tokens import TokenProbe
 
 
 class _RowCounter:
@@ -27,6 +28,11 @@ class _RowCounter:
         with open(self.path, "a") as f:
             f.write(f"{rank} {batch.shape[0]}\n")
         return module(batch)
+
+
+def _per_position(module: TinyClassifier, batch: torch.Tensor) -> torch.Tensor:
+    """The classifier applied at every position of (B, T, 8) sequences: (B, T, 3) logits."""
+    return module(batch.reshape(-1, batch.shape[-1])).reshape(*batch.shape[:2], -1)
 
 
 def _fit(model: TinyClassifier, cb: ManifoldCallback, **trainer_kw: object) -> None:
@@ -43,7 +49,15 @@ def test_ddp_capture_matches_single_process(tmp_path: Path) -> None:
     probe = ProbeSet.from_tensors(x, y, name="train", batch_size=16, forward=_RowCounter(rows_file))
     schedule = Schedule(log_spaced=None, every_n_steps=2)
 
-    ddp = ManifoldCallback(probe, schedule=schedule, dirpath=tmp_path / "ddp", run_name="run")
+    # A sequence probe on the same model: 5 sequences of 4 positions with a variable number of
+    # counted tokens, so the two ranks' blocks hold different token counts (6 and 4).
+    xs = x[:20].reshape(5, 4, 8)
+    ys = y[:20].reshape(5, 4).clone()
+    ys[0, 1] = ys[2, 2:] = ys[4, 0] = -100
+    tokens = TokenProbe(xs, ys, name="tokens", shift=False, forward=_per_position)
+    ddp = ManifoldCallback(
+        [probe, tokens], schedule=schedule, dirpath=tmp_path / "ddp", run_name="run"
+    )
     _fit(model, ddp, strategy="ddp_spawn", devices=2)
     # each rank ran only its padded slice of ceil(51 / 2) = 26 samples, in batches of 16
     calls = [tuple(map(int, line.split())) for line in rows_file.read_text().splitlines()]
@@ -57,8 +71,16 @@ def test_ddp_capture_matches_single_process(tmp_path: Path) -> None:
 
     # rank zero alone wrote: exactly one store, nothing from rank 1
     stores = list_stores(tmp_path / "ddp")
-    assert [s.path for s in stores] == [tmp_path / "ddp" / "run" / "train"]
-    ddp_store = stores[0]
+    assert [s.path for s in stores] == [tmp_path / "ddp" / "run" / n for n in ("tokens", "train")]
+    ddp_store = stores[1]
+    counted = ys.reshape(-1) != -100
+    token_lp = TrajectoryStore(tmp_path / "ddp" / "run" / "tokens").log_probs()[:]
+    assert token_lp.shape == (3, int(counted.sum()), 3)
+    with torch.no_grad():
+        model.eval()
+        plain = torch.log_softmax(model(xs.reshape(-1, 8)).double(), dim=-1)[counted].numpy()
+    for snapshot in token_lp:  # every counted token once, in sequence order, none of the padding
+        np.testing.assert_allclose(snapshot, plain, atol=1e-6, rtol=0)
     one_store = TrajectoryStore(tmp_path / "one" / "run" / "train")
     np.testing.assert_array_equal(ddp_store.steps, [0, 2, 4])
     np.testing.assert_array_equal(ddp_store.steps, one_store.steps)
