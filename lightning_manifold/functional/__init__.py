@@ -6,6 +6,14 @@ Lightning, loggers or files.
 """
 
 from lightning_manifold.functional.alignment import Alignment, procrustes_align
+from lightning_manifold.functional.basis import (
+    BASIS_WIDTH,
+    FourPointBasis,
+    four_point_basis,
+    four_point_distances,
+    progress_weighted_average,
+    progress_weights,
+)
 from lightning_manifold.functional.centroids import CENTROIDS, centroid
 from lightning_manifold.functional.distances import (
     bhattacharyya,
@@ -36,6 +44,18 @@ from lightning_manifold.functional.inpca import (
     project_from_stats,
     time_like,
 )
+from lightning_manifold.functional.prediction import (
+    ClassWeights,
+    PredictionGeometry,
+    as_log_probs,
+    class_weights,
+    distances_to_points,
+    geodesic_log_probs,
+    nonzero_components,
+    prediction_geometry,
+    sqrt_probs,
+    step_at_progress,
+)
 from lightning_manifold.functional.progress import (
     PROGRESS_TOLERANCE,
     GeodesicProjection,
@@ -56,23 +76,33 @@ from lightning_manifold.functional.trajectory import (
 )
 
 __all__ = [
+    "BASIS_WIDTH",
     "CENTROIDS",
     "PROGRESS_TOLERANCE",
     "Alignment",
+    "ClassWeights",
+    "FourPointBasis",
     "GeodesicProjection",
     "InPCAResult",
+    "PredictionGeometry",
+    "as_log_probs",
     "bhattacharyya",
     "bhattacharyya_coefficients",
     "bhattacharyya_from_log_probs",
     "bhattacharyya_from_sqrt",
     "centroid",
+    "class_weights",
     "distance_to_ignorance",
     "distance_to_ignorance_from_log_probs",
     "distance_to_truth",
     "distance_to_truth_from_log_probs",
+    "distances_to_points",
     "explained_pairwise_distance",
     "explained_stress",
+    "four_point_basis",
+    "four_point_distances",
     "geodesic_distance",
+    "geodesic_log_probs",
     "geodesic_point",
     "geodesic_projection",
     "geodesic_projection_from_log_probs",
@@ -80,15 +110,21 @@ __all__ = [
     "ignorance_truth_geodesic",
     "inpca",
     "minkowski_sq_distance",
+    "nonzero_components",
     "per_class_progress_from_log_probs",
+    "prediction_geometry",
     "procrustes_align",
     "progress",
     "progress_from_log_probs",
+    "progress_weighted_average",
+    "progress_weights",
     "project",
     "project_classes",
     "project_from_stats",
     "random_column_stochastic",
     "reindex_by_progress",
+    "sqrt_probs",
+    "step_at_progress",
     "symmetric_kl",
     "symmetric_kl_from_log_probs",
     "time_like",
