@@ -170,9 +170,14 @@ class _Columns:
 
 # --------------------------------------------------------------------------- the live frame
 
-#: a basis point P_s is adopted once the run's progress has passed s by this many sigma (the
-#: Gaussian weight of later models is then below exp(-4.5) = 1.1% of the peak)
-_ADOPT_AFTER_SIGMA = 3.0
+#: P_s stops accumulating (is fixed) once the run's progress has passed s by this many sigma:
+#: the Gaussian weight of later models is then below exp(-4.5) = 1.1% of the peak
+_FIX_AFTER_SIGMA = 3.0
+#: before that, the frame is refitted each time the run's highest progress crosses a multiple
+#: of this (at most 1 / this + 2 refits in a run)
+_REFIT_PROGRESS_STEP = 0.1
+#: a level's running P_s replaces the geodesic stand-in once the run is within this many sigma
+_USE_AFTER_SIGMA = 2.0
 
 
 @dataclass
@@ -204,13 +209,16 @@ class _FourPointFrame:
     """The run's live frame: InPCA of [P0, P_s1, P_s2, P*] (eq. 2.4.1), bounded state.
 
     P_s (eq. 2.4.1) is kept as running sums ``Σ w(s_P) P`` and ``Σ w(s_P)`` over the snapshots:
-    O(N * C) memory whatever the number of snapshots. Until the run has passed ``s + 3σ``, the
-    frame uses the geodesic point at progress s (eq. 2.2.3) in place of P_s: its progress is s
-    exactly, so the frame is defined from the first snapshot on. When the run's own P_s is
-    adopted (once per level, so at most two refits in a run) the frame is refitted and the
-    coordinates kept so far are moved onto the new frame by a Kabsch-Umeyama alignment of the
-    basis points (rotation and sign flips per signature block, and a translation; thesis §2.4).
-    The drawn axes are always the new frame's eigen-axes, sorted by |lambda|.
+    O(N * C) memory whatever the number of snapshots. While the run is still far below a level
+    s (highest progress < s - 2σ), the geodesic point at progress s (eq. 2.2.3, whose progress
+    is s exactly) stands in for P_s, so the frame is defined from the first snapshot on. Then
+    the run's own running P_s is used; it is fixed once the run has passed s + 3σ. The frame is
+    refitted only when a level is fixed or the run's highest progress crosses a multiple of 0.1
+    while a basis point is still moving: at most 12 refits in a run, none once both are fixed.
+    At a refit the coordinates kept so far are moved onto the new frame by a Kabsch-Umeyama
+    alignment of the basis points (rotation and sign flips per signature block, and a
+    translation; thesis §2.4). The drawn axes are always the current frame's eigen-axes, sorted
+    by |lambda|.
     """
 
     def __init__(
@@ -231,14 +239,18 @@ class _FourPointFrame:
         self.levels = levels
         self.sigma = sigma
         self.geodesic_alphas = torch.linspace(0.0, 1.0, n_geodesic + 2, dtype=f64)
-        # eq. 2.4.1 numerators and normalisers, until the level's basis point is adopted
+        # eq. 2.4.1 numerators and normalisers, until both basis points are fixed
         self._sums: Tensor | None = torch.zeros((2, n, c), dtype=f64, device=labels.device)
         self._weights = [0.0, 0.0]
-        self.adopted = [False, False]
+        self.fixed = [False, False]  # P_s no longer accumulates
+        self._settled = [False, False]  # fixed, and the current fit uses the fixed P_s
         self.max_progress = -math.inf
+        self._milestone = -1
         self.refits = 0
-        provisional = F.geodesic_log_probs(labels, c, torch.tensor(levels, dtype=f64))
-        self.fit = self._fit(provisional.to(labels.device))
+        self._stand_ins = F.geodesic_log_probs(labels, c, torch.tensor(levels, dtype=f64)).to(
+            labels.device
+        )
+        self.fit = self._fit(self._stand_ins)
         self.coords = _Columns(n_components)  # (T, k) coordinates of the snapshots
 
     @property
@@ -268,34 +280,46 @@ class _FourPointFrame:
         return fit
 
     def _accumulate(self, log_probs: Tensor, progress: float) -> bool:
-        """Add one snapshot to the running sums of eq. 2.4.1; True when a basis point is adopted."""
+        """Add one snapshot to the running sums of eq. 2.4.1; True when a refit is due."""
         self.max_progress = max(self.max_progress, progress)
         if self._sums is None:
             return False
         p = None
-        adopt = False
+        newly_fixed = False
         for j, s in enumerate(self.levels):
-            if self.adopted[j]:
+            if self.fixed[j]:
                 continue
             w = math.exp(-((progress - s) ** 2) / (2 * self.sigma**2))
             if w > 0:
                 p = torch.exp(log_probs.to(torch.float64)) if p is None else p
                 self._sums[j].add_(p, alpha=w)
                 self._weights[j] += w
-            if self.max_progress >= s + _ADOPT_AFTER_SIGMA * self.sigma and self._weights[j] > 0:
-                self.adopted[j] = adopt = True
-        return adopt
+            if self.max_progress >= s + _FIX_AFTER_SIGMA * self.sigma and self._weights[j] > 0:
+                self.fixed[j] = newly_fixed = True
+        milestone = math.floor(self.max_progress / _REFIT_PROGRESS_STEP)
+        crossed = milestone > self._milestone
+        self._milestone = max(self._milestone, milestone)
+        moving = any(
+            not self._settled[j] and self._uses_average(j) for j in range(len(self.levels))
+        )
+        return newly_fixed or (crossed and moving)
+
+    def _uses_average(self, j: int) -> bool:
+        """Whether level j's basis point is the run's own P_s (else the geodesic stand-in)."""
+        near = self.max_progress >= self.levels[j] - _USE_AFTER_SIGMA * self.sigma
+        return self._weights[j] > 0 and (self.fixed[j] or near)
 
     def _refit(self) -> float:
-        """Adopt the run's own P_s, refit, move the kept coordinates onto the new frame; RMSD."""
+        """Refit on the current basis points, move the kept coordinates onto it; the RMSD."""
         assert self._sums is not None
         old = self.fit
-        basis = old.basis_log_probs.clone()
+        basis = self._stand_ins.clone()
         for j in range(2):
-            if self.adopted[j]:
+            if self._uses_average(j):
                 mean = self._sums[j] / self._weights[j]  # eq. 2.4.1
                 basis[j] = torch.log(mean / mean.sum(-1, keepdim=True))
-        if all(self.adopted):
+        self._settled = list(self.fixed)
+        if all(self.fixed):
             self._sums = None  # both basis points fixed: the sums are no longer needed
         new = self._fit(basis)
         self.refits += 1
@@ -367,10 +391,12 @@ class OnlineManifold:
     Without a reference, the live frame is an InPCA of four points (eq. 2.4.1): ignorance P0,
     truth P* and the run's progress-weighted averages P_s1, P_s2; every snapshot is placed from
     its four distances by eq. 2.2.9. The state is O(N * C) (two running sums) plus O(T * k)
-    coordinates, and the work per snapshot is O(N * C), whatever the number of snapshots. Until
-    the run has passed progress ``s + 3σ`` the geodesic point at progress s stands in for P_s;
-    each level's own P_s is then adopted once (at most two refits per run), and the coordinates
-    so far are moved onto the new frame by a Kabsch-Umeyama alignment (``alignment_rmsd``).
+    coordinates, and the work per snapshot is O(N * C), whatever the number of snapshots. While
+    the run is far below a level s, the geodesic point at progress s stands in for P_s; the
+    run's own running P_s replaces it from progress s - 2σ on and is fixed after s + 3σ. The
+    frame is refitted only when a basis point is fixed or the highest progress crosses a
+    multiple of 0.1 (at most 12 refits in a run), and the coordinates so far are then moved onto
+    the new frame by a Kabsch-Umeyama alignment of the basis points (``alignment_rmsd``).
 
     Invalid snapshots (``snapshot.valid`` False, or NaN/+inf log-probabilities) are skipped:
     :meth:`update` returns None for them (and warns once for NaN outputs flagged valid).
@@ -381,7 +407,7 @@ class OnlineManifold:
     ``distance_to_ignorance``, ``distance_to_truth``, ``distance_to_geodesic``, ``pc1..pck``,
     ``residual``, ``off_manifold``, ``progress_class_<c>``; with a reference
     ``reference_distance``, ``reference_step``, ``relative_speed``; without one
-    ``alignment_rmsd`` (at the snapshots where a basis point is adopted).
+    ``alignment_rmsd`` (at the snapshots where the frame is refitted).
 
     Example::
 
@@ -505,7 +531,7 @@ class OnlineManifold:
         self._device = device
         self._labels_dev = self.labels.to(device)
         self._classes = F.class_weights(self._labels_dev, self.num_classes)
-        self._present = self._classes.classes.tolist()
+        self._present = list(self._classes.present)
 
     # ------------------------------------------------------------------ public state
 
@@ -614,20 +640,23 @@ class OnlineManifold:
 
     def _geometry(self, lp: Tensor, labels: Tensor, known: dict[str, Any]) -> dict[str, Any]:
         """Progress, d_G to the geodesic (eq. 2.2.4), d_B to P0 and P* (eq. 2.2.2), the error
-        and the per-class progress; reused from ``known`` (``Snapshot.metrics``) when it holds
-        all of them, finite (a class absent from the probe has no key)."""
-        keys = [*_GEOMETRY_KEYS, *(f"progress_class_{c}" for c in self._present)]
-        values = [known.get(key) for key in keys]
-        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            out: dict[str, Any] = dict(zip(_GEOMETRY_KEYS, map(float, values)))
-            per_class = np.full(self.num_classes, _NAN)
-            per_class[self._present] = values[len(_GEOMETRY_KEYS) :]
+        and the per-class progress. Values in ``known`` (``Snapshot.metrics``) are reused: the
+        first five when all are there and finite, the per-class progress when every class
+        present in the probe has its ``progress_class_<c>`` (an absent class has no key)."""
+        base = [known.get(key) for key in _GEOMETRY_KEYS]
+        classes = [known.get(f"progress_class_{c}") for c in self._present]
+        finite = lambda vs: all(isinstance(v, (int, float)) and math.isfinite(v) for v in vs)  # noqa: E731
+        per_class = np.full(self.num_classes, _NAN)
+        if finite(base) and finite(classes):
+            per_class[self._present] = classes
+            out: dict[str, Any] = dict(zip(_GEOMETRY_KEYS, map(float, base)))  # type: ignore[arg-type]
         else:
             g = F.prediction_geometry(lp, labels, classes=self._classes, check=False)
             scalars = torch.stack([getattr(g, key).reshape(()) for key in _GEOMETRY_KEYS])
             host = torch.cat([scalars, g.per_class_progress.to(torch.float64)]).tolist()
-            out = dict(zip(_GEOMETRY_KEYS, host))
-            per_class = np.asarray(host[len(_GEOMETRY_KEYS) :], dtype=np.float64)
+            per_class[:] = host[len(_GEOMETRY_KEYS) :]
+            reuse = finite(base)
+            out = dict(zip(_GEOMETRY_KEYS, map(float, base if reuse else host)))  # type: ignore[arg-type]
         out["per_class_progress"] = per_class
         return out
 

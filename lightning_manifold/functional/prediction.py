@@ -194,12 +194,14 @@ class ClassWeights(NamedTuple):
         weights: (c, w) float64, 1 for a real sample, 0 for padding.
         classes: (c,) int64, the classes of the rows (classes with at least one sample).
         num_classes: C.
+        present: the same classes as a tuple of ints on the host (no transfer per capture).
     """
 
     columns: Tensor
     weights: Tensor
     classes: Tensor
     num_classes: int
+    present: tuple[int, ...]
 
 
 def class_weights(labels: Tensor, num_classes: int) -> ClassWeights:
@@ -219,7 +221,8 @@ def class_weights(labels: Tensor, num_classes: int) -> ClassWeights:
     slot = torch.where(
         real, starts[:, None] + pos[None, :], torch.zeros_like(real, dtype=torch.int64)
     )
-    return ClassWeights(order[slot], real.to(torch.float64), classes, int(num_classes))
+    present = tuple(classes.tolist())
+    return ClassWeights(order[slot], real.to(torch.float64), classes, int(num_classes), present)
 
 
 class PredictionGeometry(NamedTuple):
