@@ -130,7 +130,8 @@ class FourPointBasis(NamedTuple):
     Attributes:
         distances: (4, 4) float64 d_B between the basis points.
         embedding: their InPCA (eq. 2.2.6) with its null axes dropped: at most 3 axes, sorted
-            by |λ|, oriented so that truth minus ignorance is non-negative on every axis.
+            by |λ|, oriented so that truth minus ignorance (else P_s1 minus ignorance) is
+            non-negative on every axis.
             ``embedding.coords`` rows are [P0, P_s1, P_s2, P*].
     """
 
@@ -184,7 +185,11 @@ def four_point_basis(
         )
     )
     # orientation: truth - ignorance >= 0 on every axis (as ReferenceEmbedding does)
-    flip = torch.where(res.coords[3] - res.coords[0] < 0, -1.0, 1.0).to(res.coords.dtype)
+    # (an axis orthogonal to ignorance -> truth, as for basis points on the geodesic: P_s1 - P0)
+    span = res.coords[3] - res.coords[0]
+    flat = span.abs() <= 1e-9 * res.coords.abs().max()
+    span = torch.where(flat, res.coords[1] - res.coords[0], span)
+    flip = torch.where(span < 0, -1.0, 1.0).to(res.coords.dtype)
     res = InPCAResult(
         coords=res.coords * flip,
         eigenvalues=res.eigenvalues,
