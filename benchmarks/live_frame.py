@@ -28,11 +28,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from _synthetic import MLPStudent, make_task, warm_up_batchnorm  # noqa: E402
+from _synthetic import MLPStudent, make_task, warm_up_batchnorm
 
-from lightning_manifold import functional as F  # noqa: E402
-from lightning_manifold.online import OnlineManifold  # noqa: E402
-from lightning_manifold.snapshot import Snapshot  # noqa: E402
+from lightning_manifold import functional as F
+from lightning_manifold.online import OnlineManifold
+from lightning_manifold.snapshot import Snapshot
 
 CONFIGS = [  # (depth, optimizer, lr)
     (1, "sgd", 0.1),
@@ -98,7 +98,7 @@ def main() -> None:
             full = F.inpca(D, n_components=3)
             e_full = float(F.explained_pairwise_distance(D, full.coords, full.signs))
             online = OnlineManifold(y, C, basis_progress=tuple(args.levels))
-            for t, (model_lp, s) in enumerate(zip(lp, steps)):
+            for model_lp, s in zip(lp, steps):
                 online.update(Snapshot("train", int(s), 0, model_lp, y, 0.0))
             frame_state = online._self
             assert frame_state is not None
