@@ -170,20 +170,8 @@ def four_point_basis(
     D[0, 3] = D[3, 0] = 0.5 * math.log(C)  # d_B(P0, P*) = -log sqrt(1/C)
     D = 0.5 * (D + D.T)
     D.fill_diagonal_(0.0)
-    res = inpca(D, n_components=int(n_components))
     # drop null axes (four points on one geodesic span fewer than 3): eq. 2.2.9 divides by them
-    lam = res.eigenvalues.abs()
-    keep = max(1, int((lam > _NULL_AXIS * lam.max()).sum()))
-    res = nonzero_components(
-        InPCAResult(
-            coords=res.coords[:, :keep],
-            eigenvalues=res.eigenvalues[:keep],
-            eigenvectors=res.eigenvectors[:, :keep],
-            row_means=res.row_means,
-            grand_mean=res.grand_mean,
-            total_stress=res.total_stress,
-        )
-    )
+    res = nonzero_components(inpca(D, n_components=int(n_components)), tolerance=_NULL_AXIS)
     # orientation: truth - ignorance >= 0 on every axis (as ReferenceEmbedding does)
     # (an axis orthogonal to ignorance -> truth, as for basis points on the geodesic: P_s1 - P0)
     span = res.coords[3] - res.coords[0]

@@ -166,12 +166,14 @@ def step_at_progress(steps: np.ndarray, progress: np.ndarray, s: float) -> float
     return float(steps[idx - 1] + frac * (steps[idx] - steps[idx - 1]))
 
 
-def nonzero_components(res: InPCAResult) -> InPCAResult:
-    """Drop trailing axes whose eigenvalue is exactly 0 (eq. 2.2.9 divides by sqrt|lambda|).
+def nonzero_components(res: InPCAResult, tolerance: float = 0.0) -> InPCAResult:
+    """Drop trailing axes whose eigenvalue is 0 (eq. 2.2.9 divides by sqrt|lambda|).
 
-    Keeps at least one axis; eigenvalues are sorted by magnitude, so zeros are last.
+    Keeps at least one axis; eigenvalues are sorted by magnitude, so zeros are last. With
+    ``tolerance`` > 0, axes with ``|lambda| <= tolerance * max |lambda|`` count as 0 too.
     """
-    keep = max(1, int((res.eigenvalues != 0).sum()))
+    lam = res.eigenvalues.abs()
+    keep = max(1, int((lam > tolerance * lam.max()).sum()))
     if keep == res.eigenvalues.shape[0]:
         return res
     return InPCAResult(
