@@ -327,6 +327,7 @@ class ManifoldCallback(Callback):
         self._restored: dict[str, Any] | None = None
         self._warned: set[str] = set()
         self._online: dict[str, OnlineManifold] = {}  # rank zero, during training
+        self._class_rows: dict[str, F.ClassWeights] = {}  # rank zero, with `online`
         self._sinks: SinkGroup | None = None  # rank zero, during training
         self._monitored: dict[str, set[str]] = {}  # probe -> its keys in callback_metrics
         self.reference_paths: dict[str, str] = {}  # filled at fit end with `save_reference`
@@ -603,7 +604,7 @@ class ManifoldCallback(Callback):
         if online is None:
             return {}
         try:
-            result = online.update(snapshot)
+            result = online.update(snapshot, trusted=True)  # the callback's own, checked data
         except Exception as err:
             self._warn_once(
                 f"online-error-{snapshot.probe}",
@@ -622,17 +623,23 @@ class ManifoldCallback(Callback):
             ValueError: a reference recorded on another probe (different N, C or labels).
         """
         self._online = {}
+        self._class_rows = {}
         if not self.online:
             return
         for probe in self._probes:
             reference = self._references.get(probe.name)
             if reference is not None and not isinstance(reference, ReferenceEmbedding):
                 reference = ReferenceEmbedding.load(reference)
+            # the per-class sample layout, reused by every capture's per-class progress
+            labels = probe.labels_on(pl_module.device)
+            self._class_rows[probe.name] = F.class_weights(labels, probe.num_classes)
+            # the live 4-point frame spans 3 dimensions (thesis §2.4)
+            n_components = self.n_components if reference is not None else min(3, self.n_components)
             online = OnlineManifold(
                 probe.labels,
                 probe.num_classes,
                 reference=reference,
-                n_components=self.n_components,
+                n_components=n_components,
                 residual_threshold=self.residual_threshold,
                 distance_threshold=self.distance_threshold,
                 probe=probe.name,
@@ -774,7 +781,12 @@ class ManifoldCallback(Callback):
         return self._shards[probe.name]
 
     def _metrics(self, name: str, step: int, log_probs: Tensor, labels: Tensor) -> dict[str, float]:
-        """Scalars of one valid snapshot (keys: :data:`METRIC_NAMES`, ``speed`` when defined).
+        """Scalars of one valid snapshot (keys: :data:`METRIC_NAMES`, ``speed`` when defined;
+        with ``online`` also ``progress_class_<c>`` for each class present in the probe, which
+        the online module reuses).
+
+        One pass over the log-probabilities and one transfer to the host: the data is the
+        callback's own (finite, (N, C), labels on its device), so it is not validated again.
 
         Args:
             name: probe name (for the previous snapshot used by ``speed``).
@@ -782,23 +794,31 @@ class ManifoldCallback(Callback):
             log_probs: (N, C) finite log-probabilities.
             labels: (N,) int64 labels on the same device.
         """
-        projection = F.geodesic_projection_from_log_probs(log_probs, labels)
+        classes = self._class_rows.get(name)
+        if classes is not None and classes.columns.device != log_probs.device:
+            classes = self._class_rows[name] = F.class_weights(labels, classes.num_classes)
+        g = F.prediction_geometry(log_probs, labels, classes=classes, check=False)
         values: dict[str, Tensor] = {
-            "progress": projection.progress,
-            "distance_to_ignorance": F.distance_to_ignorance_from_log_probs(log_probs),
-            "distance_to_truth": F.distance_to_truth_from_log_probs(log_probs, labels),
-            "distance_to_geodesic": projection.distance,
-            "error": (log_probs.argmax(dim=-1) != labels).double().mean(),
-            "cross_entropy": -log_probs.gather(-1, labels[:, None]).double().mean(),
+            "progress": g.progress,
+            "distance_to_ignorance": g.distance_to_ignorance,
+            "distance_to_truth": g.distance_to_truth,
+            "distance_to_geodesic": g.distance_to_geodesic,
+            "error": g.error,
+            "cross_entropy": g.cross_entropy,
         }
-        sqrt_probs = (0.5 * log_probs).exp()  # (N, C); validated above by the F calls
+        sqrt_probs = (0.5 * log_probs).exp()  # (N, C)
         previous = self._previous.get(name)
         if previous is not None and step > previous[0]:
             d_b = F.bhattacharyya_from_sqrt(previous[1], sqrt_probs)  # eq. 2.2.2
             values["speed"] = d_b / (step - previous[0])
         self._previous[name] = (step, sqrt_probs)
-        stacked = torch.stack([v.detach().reshape(()).double() for v in values.values()])
-        return dict(zip(values.keys(), stacked.tolist()))  # one transfer for all scalars
+        stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values.values()])
+        keys = list(values)
+        if classes is not None:  # per-class progress of the classes present (thesis fig. 3.2a)
+            per_class = g.per_class_progress[classes.classes]
+            stacked = torch.cat([stacked, per_class])
+            keys += [f"progress_class_{c}" for c in classes.present]
+        return dict(zip(keys, stacked.tolist()))  # one transfer for all scalars
 
     def _check_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Validate every probe with one forward of its local slice, without capturing.

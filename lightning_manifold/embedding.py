@@ -41,6 +41,18 @@ from lightning_manifold._files import SafeNpz
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.functional._checks import check_log_probabilities
 
+# re-exported: these helpers lived here before moving to ``functional/prediction.py``
+from lightning_manifold.functional.prediction import (
+    _as_tensor,
+    _subsample_indices,
+    as_log_probs,
+    distances_to_points,
+    geodesic_log_probs,
+    nonzero_components,
+    sqrt_probs,
+    step_at_progress,
+)
+
 __all__ = ["FORMAT_VERSION", "ReferenceEmbedding"]
 
 FORMAT_NAME = "lightning-manifold/reference-embedding"
@@ -80,128 +92,6 @@ PathLike: TypeAlias = "str | os.PathLike[str]"
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_tensor(x: Any, name: str) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    try:
-        return torch.as_tensor(np.asarray(x))
-    except Exception as err:  # pragma: no cover - message only
-        raise TypeError(f"`{name}` must be a tensor or an array, got {type(x).__name__}") from err
-
-
-def as_log_probs(x: Any, name: str = "log_probs") -> Tensor:
-    """Return log-probabilities from (..., N, C) log-probabilities *or* probabilities.
-
-    The two are told apart by sign: any negative entry means log-probabilities, otherwise the
-    input is read as probabilities (whose zeros become ``-inf``). Half precision is upcast to
-    float32; float32/float64 are kept. No copy is made for float log-probabilities.
-    """
-    t = _as_tensor(x, name)
-    if not t.is_floating_point():
-        raise TypeError(f"`{name}` must be floating point (log-)probabilities, got {t.dtype}")
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
-    if t.ndim not in (2, 3):
-        raise ValueError(f"`{name}` must have shape (N, C) or (q, N, C), got {tuple(t.shape)}")
-    if t.numel() and bool((t < 0).any()):
-        return t
-    return torch.log(t)
-
-
-def sqrt_probs(log_probs: Tensor, dtype: torch.dtype) -> Tensor:
-    """(..., N, C) log-probabilities -> sqrt-probabilities in ``dtype`` (for d_B, eq. 2.2.2).
-
-    Entries are floored at the smallest normal number of ``dtype`` so that the Bhattacharyya
-    coefficient of two stored models can never underflow to 0: a per-sample contribution to d_B
-    then saturates at ``-log(tiny)`` (87 in float32) instead of becoming ``inf``. This only
-    affects samples on which two models disagree with log-probability gaps beyond ~170.
-    """
-    return torch.exp(0.5 * log_probs.to(dtype)).clamp_min(torch.finfo(dtype).tiny)
-
-
-def distances_to_points(
-    log_probs: Tensor, sqrt_points: Tensor, labels: Tensor | None, dtype: torch.dtype
-) -> Tensor:
-    """d_B (eq. 2.2.2) of new models to stored points.
-
-    Args:
-        log_probs: (q, N, C) log-probabilities of the new models.
-        sqrt_points: (p, N, C) floored sqrt-probabilities of the stored points (all but truth).
-        labels: (N,) labels; when given, a last column with d_B to truth P* is appended
-            (computed from log-probabilities: half the cross-entropy).
-        dtype: dtype of ``sqrt_points``.
-
-    Returns:
-        (q, p) or (q, p + 1) float64 distances.
-    """
-    d = F.bhattacharyya_from_sqrt(sqrt_probs(log_probs, dtype), sqrt_points).to(torch.float64)
-    if labels is None:
-        return d
-    d_truth = F.distance_to_truth_from_log_probs(log_probs, labels).to(torch.float64)
-    return torch.cat([d, d_truth.reshape(-1, 1)], dim=1)
-
-
-def geodesic_log_probs(labels: Tensor, num_classes: int, alphas: Tensor) -> Tensor:
-    """(g, N, C) float64 log-probabilities of points along ignorance -> truth (eq. 2.2.3).
-
-    Finite for alphas < 1 (every class keeps some probability before truth is reached).
-    """
-    n = labels.shape[0]
-    if alphas.numel() == 0:
-        return torch.zeros((0, n, num_classes), dtype=torch.float64, device=labels.device)
-    probs = F.ignorance_truth_geodesic(labels, num_classes, alphas)
-    return torch.log(probs.to(torch.float64)).reshape(alphas.numel(), n, num_classes)
-
-
-def step_at_progress(steps: np.ndarray, progress: np.ndarray, s: float) -> float:
-    """Step at which a trajectory first reached progress ``s`` (linear interpolation).
-
-    Uses the running maximum of progress, so a later dip does not un-reach a level.
-
-    Args:
-        steps: (T,) steps of the snapshots.
-        progress: (T,) progress (eq. 2.2.4) of the snapshots.
-        s: progress level.
-
-    Returns:
-        The interpolated step, or NaN if the trajectory never reached ``s``.
-    """
-    if len(steps) == 0 or not math.isfinite(s):
-        return math.nan
-    reached = np.maximum.accumulate(np.asarray(progress, dtype=np.float64))
-    if reached[-1] < s <= reached[-1] + F.PROGRESS_TOLERANCE:
-        s = float(reached[-1])  # the same level, solved alone rather than in a batch
-    idx = int(np.searchsorted(reached, s, side="left"))
-    if idx >= len(reached):
-        return math.nan
-    if idx == 0:
-        return float(steps[0])
-    lo, hi = reached[idx - 1], reached[idx]
-    frac = 0.0 if hi <= lo else (s - lo) / (hi - lo)
-    return float(steps[idx - 1] + frac * (steps[idx] - steps[idx - 1]))
-
-
-def nonzero_components(res: F.InPCAResult) -> F.InPCAResult:
-    """Drop trailing axes whose eigenvalue is exactly 0 (eq. 2.2.9 divides by sqrt|lambda|).
-
-    Keeps at least one axis; eigenvalues are sorted by magnitude, so zeros are last.
-    """
-    keep = max(1, int((res.eigenvalues != 0).sum()))
-    if keep == res.eigenvalues.shape[0]:
-        return res
-    return F.InPCAResult(
-        coords=res.coords[:, :keep],
-        eigenvalues=res.eigenvalues[:keep],
-        eigenvectors=res.eigenvectors[:, :keep],
-        row_means=res.row_means,
-        grand_mean=res.grand_mean,
-        total_stress=res.total_stress,
-        weights=res.weights,
-    )
-
-
 def _sample_major(t: Tensor) -> Tensor:
     """The same (m, N, C) values, stored (N, C, m)-contiguous.
 
@@ -217,13 +107,6 @@ def _probs_from_sqrt(s: Tensor) -> Tensor:
     """(N, C) stored sqrt-probabilities -> float64 probabilities renormalised to sum to 1."""
     p = s.to(torch.float64) ** 2
     return p / p.sum(-1, keepdim=True)
-
-
-def _subsample_indices(total: int, keep: int) -> np.ndarray:
-    """Evenly spaced indices (first and last included) of ``keep`` out of ``total`` items."""
-    if keep >= total:
-        return np.arange(total)
-    return np.unique(np.round(np.linspace(0, total - 1, max(keep, 2))).astype(np.int64))
 
 
 @dataclass

@@ -5,10 +5,11 @@
 reference runs at equal progress) and keeps what a figure needs (:meth:`OnlineManifold.frame`).
 
 With a :class:`~lightning_manifold.embedding.ReferenceEmbedding` every snapshot is projected
-into the fixed reference map (eq. 2.2.9). Without one, the run embeds itself: an InPCA of the
-snapshots so far plus ignorance, truth and points along the geodesic between them, refitted as
-snapshots arrive and rotated onto the previous frame (Kabsch with sign flips, thesis §2.4) so
-axes do not jump between logged plots.
+into the fixed reference map (eq. 2.2.9). Without one, the run is drawn in the thesis' fixed
+4-point frame (§2.4, eq. 2.4.1): an InPCA of ignorance, truth and the run's progress-weighted
+averages P_s1, P_s2, into which every snapshot is placed from its four distances. Memory and
+work per snapshot are bounded whatever the number of snapshots (O(N * C) state, O(T * k)
+coordinates).
 
 Example::
 
@@ -22,27 +23,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from lightning_manifold import functional as F
-from lightning_manifold.embedding import (
-    ReferenceEmbedding,
-    _as_tensor,
-    _subsample_indices,
-    as_log_probs,
-    distances_to_points,
-    geodesic_log_probs,
-    nonzero_components,
-    sqrt_probs,
-)
+from lightning_manifold.embedding import ReferenceEmbedding
 from lightning_manifold.frame import ManifoldFrame
+from lightning_manifold.functional.prediction import _as_tensor, as_log_probs
 from lightning_manifold.snapshot import Snapshot
 
 __all__ = ["OnlineManifold", "OnlineResult"]
@@ -126,17 +118,21 @@ class OnlineResult:
         return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
 
-def _row_residual(d: Tensor, x: Tensor, X: Tensor, signs: Tensor) -> float:
-    """1 - explained pairwise distance (eq. 2.4.2) restricted to one point's row.
+def _row_residual(d: Tensor, x: Tensor, X: Tensor, signs: Tensor) -> Tensor:
+    """1 - explained pairwise distance (eq. 2.4.2) restricted to one point's row (0-dim).
 
     Args:
         d: (m,) d_B of the point to the embedded points.
         x: (k,) its coordinates; X: (m, k) the embedded points' coordinates.
         signs: (k,) signs of the eigenvalues (Minkowski metric, eq. 2.2.7).
+
+    Returns:
+        A 0-dim float64 tensor (NaN when every distance is 0), left on the device so the
+        caller moves it to the host together with the other scalars.
     """
     d2 = F.minkowski_sq_distance(x.reshape(1, -1), X, signs=signs).reshape(-1).to(d.dtype)
     total = d.sum()
-    return float((d - d2).abs().sum() / total) if float(total) > 0 else _NAN
+    return (d - d2).abs().sum() / torch.where(total > 0, total, math.nan)
 
 
 #: per-snapshot scalars that the callback may already have computed at capture
@@ -149,50 +145,80 @@ _GEOMETRY_KEYS = (
 )
 
 
-def _geometry(lp: Tensor, labels: Tensor, known: dict[str, float]) -> dict[str, float]:
-    """Progress, d_G to the geodesic (eq. 2.2.4), d_B to P0 and P* (eq. 2.2.2) and the error.
+class _Columns:
+    """Append-only float64 rows of a fixed width, amortised O(1) per row, O(T * width) memory."""
 
-    Reuses ``known`` (``Snapshot.metrics``) when it holds all of them, finite.
-    """
-    if all(isinstance(known.get(k), (int, float)) for k in _GEOMETRY_KEYS) and all(
-        math.isfinite(float(known[k])) for k in _GEOMETRY_KEYS
-    ):
-        return {k: float(known[k]) for k in _GEOMETRY_KEYS}
-    projection = F.geodesic_projection_from_log_probs(lp, labels)
-    return {
-        "progress": float(projection.progress),
-        "distance_to_geodesic": float(projection.distance),
-        "distance_to_ignorance": float(F.distance_to_ignorance_from_log_probs(lp)),
-        "distance_to_truth": float(F.distance_to_truth_from_log_probs(lp, labels)),
-        "error": float((lp.argmax(-1) != labels).to(torch.float64).mean()),
-    }
+    def __init__(self, width: int) -> None:
+        self._data = np.empty((64, width), dtype=np.float64)
+        self.n = 0
+
+    def append(self, row: list[float]) -> None:
+        if self.n == self._data.shape[0]:
+            self._data = np.concatenate([self._data, np.empty_like(self._data)])
+        self._data[self.n] = row
+        self.n += 1
+
+    @property
+    def array(self) -> np.ndarray:
+        """(T, width) view of the rows so far."""
+        return self._data[: self.n]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
 
 
-# --------------------------------------------------------------------------- self-embedding
+# --------------------------------------------------------------------------- the live frame
+
+#: P_s stops accumulating (is fixed) once the run's progress has passed s by this many sigma:
+#: the Gaussian weight of later models is then below exp(-4.5) = 1.1% of the peak
+_FIX_AFTER_SIGMA = 3.0
+#: before that, the frame is refitted each time the run's highest progress crosses a multiple
+#: of this (at most 1 / this + 2 refits in a run)
+_REFIT_PROGRESS_STEP = 0.1
+#: a level's running P_s replaces the geodesic stand-in once the run is within this many sigma
+_USE_AFTER_SIGMA = 2.0
 
 
 @dataclass
 class _Fit:
-    """One InPCA fit of the self-embedding (indices into the point list, eq. 2.2.6)."""
+    """One 4-point InPCA frame (thesis §2.4) and what placing a model in it needs."""
 
-    index: Tensor  # (f,) points used for the fit
-    raw: Tensor  # (f, k) their unaligned coordinates
-    row_means: Tensor
-    grand_mean: Tensor
-    eigenvalues: Tensor  # (kk,) kk >= k for the spectrum
-    eigenvectors: Tensor  # (f, kk)
-    total_stress: float
-    rotation: Tensor = field(default_factory=lambda: torch.zeros(0))  # (k, k)
-    shift: Tensor = field(default_factory=lambda: torch.zeros(0))  # (k,)
+    basis_log_probs: Tensor  # (2, N, C) float64 log-probabilities of P_s1, P_s2
+    basis_sqrt: Tensor  # (2, N, C) float64 sqrt-probabilities of P_s1, P_s2
+    embedding: F.InPCAResult  # axes sorted by |lambda|, oriented ignorance -> truth
+    coords: Tensor  # (4, k) [P0, P_s1, P_s2, P*], zero-padded to k
+    signs: Tensor  # (k,) Minkowski signature of the k displayed axes (+1 for padding)
+    geodesic: Tensor  # (g + 2, k) points of the ignorance -> truth geodesic
+
+    def place(self, d: Tensor, k: int) -> Tensor:
+        """(q, 4) distances to [P0, P_s1, P_s2, P*] -> (q, k) coordinates (eq. 2.2.9)."""
+        e = self.embedding
+        x = F.project_from_stats(d, e.row_means, e.grand_mean, e.eigenvalues, e.eigenvectors)
+        return _pad(x.to(torch.float64), k)
 
 
-class _SelfEmbedding:
-    """Live InPCA of [ignorance, g geodesic points, truth, snapshot_0 ... snapshot_{T-1}].
+def _pad(x: Tensor, k: int) -> Tensor:
+    """(q, j) -> (q, k): the frame has at most 3 non-null axes."""
+    if x.shape[1] >= k:
+        return x[:, :k]
+    return torch.cat([x, x.new_zeros((x.shape[0], k - x.shape[1]))], dim=1)
 
-    The pairwise d_B matrix grows by one row/column per snapshot (d_B of the new snapshot to
-    every earlier point); the InPCA is refitted every ``refit_every`` snapshots on the landmarks
-    plus at most ``max_models`` evenly spaced snapshots (the rest are projected, eq. 2.2.9), and
-    each refit is aligned onto the previous frame with ``F.procrustes_align``.
+
+class _FourPointFrame:
+    """The run's live frame: InPCA of [P0, P_s1, P_s2, P*] (eq. 2.4.1), bounded state.
+
+    P_s (eq. 2.4.1) is kept as running sums ``Σ w(s_P) P`` and ``Σ w(s_P)`` over the snapshots:
+    O(N * C) memory whatever the number of snapshots. While the run is still far below a level
+    s (highest progress < s - 2σ), the geodesic point at progress s (eq. 2.2.3, whose progress
+    is s exactly) stands in for P_s, so the frame is defined from the first snapshot on. Then
+    the run's own running P_s is used; it is fixed once the run has passed s + 3σ. The frame is
+    refitted only when a level is fixed or the run's highest progress crosses a multiple of 0.1
+    while a basis point is still moving: at most 12 refits in a run, none once both are fixed.
+    At a refit the coordinates kept so far are moved onto the new frame by a Kabsch-Umeyama
+    alignment of the basis points (rotation and sign flips per signature block, and a
+    translation; thesis §2.4). The drawn axes are always the current frame's eigen-axes, sorted
+    by |lambda|.
     """
 
     def __init__(
@@ -201,180 +227,135 @@ class _SelfEmbedding:
         num_classes: int,
         *,
         n_components: int,
+        levels: tuple[float, float],
+        sigma: float,
         n_geodesic: int,
-        max_models: int,
-        refit_every: int,
-        dtype: torch.dtype,
     ) -> None:
         f64 = torch.float64
-        self.labels = labels
-        self.k = n_components
-        self.max_models = max_models
-        self.refit_every = refit_every
-        self.dtype = dtype
-        self.num_landmarks = n_geodesic + 2  # L: ignorance, interior, truth
         n, c = labels.shape[0], num_classes
-        alphas = torch.linspace(0.0, 1.0, n_geodesic + 2, dtype=f64)
-        self.alphas = alphas
-        lp_land = torch.cat(
-            [
-                torch.full((1, n, c), -math.log(c), dtype=f64, device=labels.device),
-                geodesic_log_probs(labels, c, alphas[1:-1]).to(labels.device),
-            ]
+        self.labels = labels
+        self.num_classes = c
+        self.k = n_components
+        self.levels = levels
+        self.sigma = sigma
+        self.geodesic_alphas = torch.linspace(0.0, 1.0, n_geodesic + 2, dtype=f64)
+        # eq. 2.4.1 numerators and normalisers, until both basis points are fixed
+        self._sums: Tensor | None = torch.zeros((2, n, c), dtype=f64, device=labels.device)
+        self._weights = [0.0, 0.0]
+        self.fixed = [False, False]  # P_s no longer accumulates
+        self._settled = [False, False]  # fixed, and the current fit uses the fixed P_s
+        self.max_progress = -math.inf
+        self._milestone = -1
+        self.refits = 0
+        self._stand_ins = F.geodesic_log_probs(labels, c, torch.tensor(levels, dtype=f64)).to(
+            labels.device
         )
-        L = self.num_landmarks
-        cap = L + 16
-        self._S = torch.empty((cap, n, c), dtype=dtype, device=labels.device)
-        self._S[: L - 1] = sqrt_probs(lp_land, dtype)
-        self._num_sqrt = L - 1
-        self._D = torch.zeros((cap, cap), dtype=f64, device=labels.device)
-        d_land = F.bhattacharyya_from_log_probs(lp_land).to(f64)
-        d_truth = F.distance_to_truth_from_log_probs(lp_land, labels).to(f64).reshape(-1)
-        self._D[: L - 1, : L - 1] = 0.5 * (d_land + d_land.T)
-        self._D[: L - 1, L - 1] = d_truth
-        self._D[L - 1, : L - 1] = d_truth
-        self._D[torch.arange(L), torch.arange(L)] = 0.0
-        self.n = L  # points so far
-        self.fit: _Fit | None = None
-        self.display_signs = torch.ones(n_components, dtype=f64, device=labels.device)
-        self.display_eigenvalues = torch.zeros(n_components, dtype=f64, device=labels.device)
-        self.aligned = torch.zeros((0, n_components), dtype=f64, device=labels.device)
+        self.fit = self._fit(self._stand_ins)
+        self.coords = _Columns(n_components)  # (T, k) coordinates of the snapshots
 
     @property
-    def num_snapshots(self) -> int:
-        return self.n - self.num_landmarks
+    def nbytes(self) -> int:
+        """Bytes of tensor/array state: O(N * C) plus O(T * k)."""
+        f = self.fit
+        sums = 0 if self._sums is None else self._sums.numel() * 8
+        return sums + (f.basis_log_probs.numel() + f.basis_sqrt.numel()) * 8 + self.coords.nbytes
 
-    @property
-    def D(self) -> Tensor:
-        """(L + T, L + T) pairwise d_B of all points so far."""
-        return self._D[: self.n, : self.n]
+    def _fit(self, basis_log_probs: Tensor) -> _Fit:
+        k = self.k
+        basis = F.four_point_basis(basis_log_probs, self.labels, n_components=min(k, 3))
+        e = basis.embedding
+        signs = _pad(e.signs.to(torch.float64).reshape(1, -1), k).reshape(-1)
+        signs = torch.where(signs == 0, 1.0, signs)
+        fit = _Fit(
+            basis_log_probs=basis_log_probs,
+            basis_sqrt=torch.exp(0.5 * basis_log_probs),
+            embedding=e,
+            coords=_pad(e.coords.to(torch.float64), k),
+            signs=signs,
+            geodesic=torch.zeros(0),
+        )
+        interior = F.geodesic_log_probs(self.labels, self.num_classes, self.geodesic_alphas[1:-1])
+        inner = fit.place(self._distances(interior, fit), k)
+        fit.geodesic = torch.cat([fit.coords[:1], inner, fit.coords[3:]])
+        return fit
 
-    def _grow(self) -> None:
-        cap = self._D.shape[0]
-        if self.n < cap and self._num_sqrt < self._S.shape[0]:
-            return
-        new = cap + max(16, cap // 2)
-        D = torch.zeros((new, new), dtype=self._D.dtype, device=self._D.device)
-        D[:cap, :cap] = self._D
-        S = torch.empty((new, *self._S.shape[1:]), dtype=self._S.dtype, device=self._S.device)
-        S[: self._num_sqrt] = self._S[: self._num_sqrt]
-        self._D, self._S = D, S
+    def _accumulate(self, log_probs: Tensor, progress: float) -> bool:
+        """Add one snapshot to the running sums of eq. 2.4.1; True when a refit is due."""
+        self.max_progress = max(self.max_progress, progress)
+        if self._sums is None:
+            return False
+        p = None
+        newly_fixed = False
+        for j, s in enumerate(self.levels):
+            if self.fixed[j]:
+                continue
+            w = math.exp(-((progress - s) ** 2) / (2 * self.sigma**2))
+            if w > 0:
+                p = torch.exp(log_probs.to(torch.float64)) if p is None else p
+                self._sums[j].add_(p, alpha=w)
+                self._weights[j] += w
+            if self.max_progress >= s + _FIX_AFTER_SIGMA * self.sigma and self._weights[j] > 0:
+                self.fixed[j] = newly_fixed = True
+        milestone = math.floor(self.max_progress / _REFIT_PROGRESS_STEP)
+        crossed = milestone > self._milestone
+        self._milestone = max(self._milestone, milestone)
+        moving = any(
+            not self._settled[j] and self._uses_average(j) for j in range(len(self.levels))
+        )
+        return newly_fixed or (crossed and moving)
 
-    def add(self, log_probs: Tensor) -> tuple[Tensor, float, float]:
-        """Add one (N, C) snapshot; return its aligned (k,) coordinates, residual and RMSD."""
-        L = self.num_landmarks
-        d = distances_to_points(
-            log_probs.unsqueeze(0), self._S[: self._num_sqrt], self.labels, self.dtype
-        )[0]
-        # sqrt rows: [ignorance, interior, snapshots]; D: [ignorance, interior, truth, snapshots]
-        row = torch.cat([d[: L - 1], d[-1:], d[L - 1 : -1]])
-        self._grow()
-        i = self.n
-        self._D[i, :i] = row
-        self._D[:i, i] = row
-        self._S[self._num_sqrt] = sqrt_probs(log_probs, self.dtype)
-        self._num_sqrt += 1
-        self.n += 1
-        refit = self.fit is None or (self.num_snapshots - 1) % self.refit_every == 0
-        rmsd = self._refit() if refit else _NAN
-        assert self.fit is not None
-        raw = self._project(self._D[i : i + 1, self.fit.index])
-        if not refit:
-            self.aligned = torch.cat([self.aligned, raw @ self.fit.rotation + self.fit.shift])
-        raw = raw[0]
-        signs = torch.sign(self.fit.eigenvalues[: self.k])
-        residual = _row_residual(self._D[i, self.fit.index], raw, self.fit.raw, signs)
-        return self.aligned[i], residual, rmsd
-
-    def _project(self, d: Tensor) -> Tensor:
-        """(q, f) distances to the fit points -> (q, k) unaligned coordinates (eq. 2.2.9)."""
-        assert self.fit is not None
-        x = F.project_from_stats(
-            d,
-            self.fit.row_means,
-            self.fit.grand_mean,
-            self.fit.eigenvalues,
-            self.fit.eigenvectors,
-        ).to(torch.float64)
-        return self._pad(x[:, : self.k])
-
-    def _pad(self, x: Tensor) -> Tensor:
-        if x.shape[1] >= self.k:
-            return x[:, : self.k]
-        return torch.cat([x, x.new_zeros((x.shape[0], self.k - x.shape[1]))], dim=1)
+    def _uses_average(self, j: int) -> bool:
+        """Whether level j's basis point is the run's own P_s (else the geodesic stand-in)."""
+        near = self.max_progress >= self.levels[j] - _USE_AFTER_SIGMA * self.sigma
+        return self._weights[j] > 0 and (self.fixed[j] or near)
 
     def _refit(self) -> float:
-        L, n, k = self.num_landmarks, self.n, self.k
-        snaps = torch.from_numpy(_subsample_indices(n - L, self.max_models)).to(self._D.device) + L
-        index = torch.cat([torch.arange(L, device=self._D.device), snaps])
-        D = self._D[: self.n, : self.n]
-        res = F.inpca(D[index][:, index], n_components=min(max(k, 10), index.numel()))
-        res = nonzero_components(res)
-        fit = _Fit(
-            index=index,
-            raw=self._pad(res.coords.to(torch.float64)),
-            row_means=res.row_means.to(torch.float64),
-            grand_mean=res.grand_mean.to(torch.float64),
-            eigenvalues=res.eigenvalues.to(torch.float64),
-            eigenvectors=res.eigenvectors.to(torch.float64),
-            total_stress=float(res.total_stress),
-        )
-        self.fit = fit
-        X = torch.empty((n, k), dtype=torch.float64, device=D.device)
-        X[index] = fit.raw
-        rest = torch.ones(n, dtype=torch.bool, device=D.device)
-        rest[index] = False
-        if bool(rest.any()):
-            X[rest] = self._project(D[rest][:, index])
-        prev = self.aligned
-        new_signs = torch.where(fit.eigenvalues[:k] < 0, -1.0, 1.0).to(X.dtype)
-        if prev.shape[0] == 0:
-            # first frame: orient every axis so that truth - ignorance >= 0
-            flips = torch.where(X[L - 1] - X[0] < 0, -1.0, 1.0).to(X.dtype)
-            fit.rotation, fit.shift = torch.diag(flips), X.new_zeros(k)
-            self.display_signs = new_signs
-            self.display_eigenvalues = fit.eigenvalues[:k].clone()
-            rmsd = _NAN
-        else:
-            rmsd = self._align(fit, X[: prev.shape[0]], prev, new_signs)
-        self.aligned = X @ fit.rotation + fit.shift
-        return rmsd
+        """Refit on the current basis points, move the kept coordinates onto it; the RMSD."""
+        assert self._sums is not None
+        old = self.fit
+        basis = self._stand_ins.clone()
+        for j in range(2):
+            if self._uses_average(j):
+                mean = self._sums[j] / self._weights[j]  # eq. 2.4.1
+                basis[j] = torch.log(mean / mean.sum(-1, keepdim=True))
+        self._settled = list(self.fixed)
+        if all(self.fixed):
+            self._sums = None  # both basis points fixed: the sums are no longer needed
+        new = self._fit(basis)
+        self.refits += 1
+        # the same distributions in both frames: P0, P*, and the old and new P_s1, P_s2
+        both = torch.cat([old.basis_log_probs, new.basis_log_probs])
+        src = torch.cat([old.coords[[0, 3]], old.place(self._distances(both, old), self.k)])
+        dst = torch.cat([new.coords[[0, 3]], new.place(self._distances(both, new), self.k)])
+        same_signature = bool((old.signs == new.signs).all())
+        al = F.procrustes_align(src, dst, signs=new.signs if same_signature else None)
+        if self.coords.n:
+            X = torch.from_numpy(self.coords.array).to(src)
+            moved = (X - src.mean(0)) @ al.rotation + dst.mean(0)
+            self.coords.array[:] = moved.detach().to("cpu").numpy()
+        self.fit = new
+        return float(al.rmsd)
 
-    def _align(self, fit: _Fit, X: Tensor, target: Tensor, new_signs: Tensor) -> float:
-        """Rotate the new frame onto the previous one (Kabsch with sign flips, thesis §2.4).
+    def _distances(self, log_probs: Tensor, fit: _Fit) -> Tensor:
+        """(q, 4) d_B of (q, N, C) log-probabilities to ``fit``'s basis points."""
+        return F.four_point_distances(log_probs, fit.basis_log_probs, self.labels)
 
-        Space-like axes are matched to the previous frame's space-like display axes and
-        time-like to time-like (a rotation mixing them is not an isometry), so two axes that
-        swap their |eigenvalue| order between refits keep their place on the plot. If the
-        number of time-like axes among the top k changed, the new signature is used as is.
-        Sets ``fit.rotation``/``fit.shift``, the display signature and eigenvalue order;
-        returns the RMSD.
+    def add(
+        self, log_probs: Tensor, progress: float, d_ignorance: float, d_truth: float
+    ) -> tuple[Tensor, Tensor, float]:
+        """Place one (N, C) snapshot; (k,) coordinates, 0-dim residual, alignment RMSD.
+
+        ``d_ignorance`` and ``d_truth`` are its d_B to P0 and P* (already known at capture).
         """
-        old = self.display_signs
-        if int((old < 0).sum()) != int((new_signs < 0).sum()):
-            old = new_signs
-        k = self.k
-        rotation = X.new_zeros((k, k))
-        shift = X.new_zeros(k)
-        display = fit.eigenvalues[:k].clone()
-        sq = 0.0
-        for sign in (1.0, -1.0):
-            src = (new_signs == sign).nonzero().reshape(-1)
-            dst = (old == sign).nonzero().reshape(-1)
-            if src.numel() == 0:
-                continue
-            al = F.procrustes_align(X[:, src], target[:, dst])
-            r = al.rotation.to(X.dtype)
-            rotation[src[:, None], dst[None, :]] = r
-            shift[dst] = (al.aligned.to(X.dtype) - X[:, src] @ r).mean(0)
-            sq += float(al.rmsd) ** 2
-            # display column dst[j] shows mostly new axis src[i]: list its eigenvalue there
-            rows, cols = linear_sum_assignment(-r.abs().detach().to("cpu").numpy())
-            display[dst[cols]] = fit.eigenvalues[src[rows]]
-        fit.rotation, fit.shift = rotation, shift
-        self.display_signs = old
-        self.display_eigenvalues = display
-        return math.sqrt(sq)
+        rmsd = self._refit() if self._accumulate(log_probs, progress) else _NAN
+        fit = self.fit
+        root = torch.exp(0.5 * log_probs.to(torch.float64))
+        middle = F.bhattacharyya_from_sqrt(root, fit.basis_sqrt).reshape(2)
+        ends = torch.tensor([d_ignorance, d_truth], dtype=torch.float64, device=middle.device)
+        d = torch.cat([ends[:1], middle.to(torch.float64), ends[1:]])
+        x = fit.place(d.reshape(1, 4), self.k)[0]
+        residual = _row_residual(d, x, fit.coords, fit.signs)
+        return x, residual, rmsd
 
 
 # --------------------------------------------------------------------------- the module
@@ -386,42 +367,53 @@ class OnlineManifold:
     Args:
         labels: (N,) int labels of the probe.
         num_classes: C.
-        reference: a :class:`ReferenceEmbedding`, the path of a saved one, or None for a live
-            self-embedding of the run. A reference built on another probe is refused.
-        n_components: k, coordinates reported and drawn (at most the reference's k; at most
-            ``n_geodesic + 3`` for the self-embedding).
+        reference: a :class:`ReferenceEmbedding`, the path of a saved one, or None for the live
+            4-point frame of the run (thesis §2.4). A reference built on another probe is refused.
+        n_components: k, coordinates reported and drawn (at most the reference's k; at most 3
+            for the 4-point frame, which spans three dimensions).
         residual_threshold: flag ``off_manifold`` when ``residual`` exceeds it.
         distance_threshold: flag ``off_manifold`` when ``reference_distance`` exceeds it.
-        refit_every: refit the self-embedding every this many snapshots (projected in between).
-        self_embedding_max_models: fit the self-embedding on at most this many evenly spaced
-            snapshots and project the others (bounds the cost of a refit).
-        n_geodesic: interior geodesic points used as self-embedding landmarks.
-        dtype: storage dtype of the self-embedding's sqrt-probabilities (float32 halves memory).
+        refit_every: ignored since the live frame is the fixed 4-point frame (kept so that
+            existing calls keep working; still validated).
+        self_embedding_max_models: ignored likewise (kept and validated for compatibility).
+        n_geodesic: interior points of the ignorance->truth geodesic drawn in the live frame.
+        dtype: unused by the 4-point frame (its state is float64); kept for compatibility.
         probe: probe name, for results, frames and messages.
         device: where state lives; default the reference's device, or the first snapshot's.
+        basis_progress: (s1, s2), the progress levels of the basis points P_s1, P_s2 of the
+            live frame (eq. 2.4.1; the thesis uses s1 = 1 - s2 = 0.2 or 0.3).
+        basis_width: σ of the Gaussian progress weighting of eq. 2.4.1 (thesis: 0.05).
 
     Raises:
         ValueError: bad arguments or an incompatible reference.
         TypeError: ``reference`` of an unsupported type.
 
+    Without a reference, the live frame is an InPCA of four points (eq. 2.4.1): ignorance P0,
+    truth P* and the run's progress-weighted averages P_s1, P_s2; every snapshot is placed from
+    its four distances by eq. 2.2.9. The state is O(N * C) (two running sums) plus O(T * k)
+    coordinates, and the work per snapshot is O(N * C), whatever the number of snapshots. While
+    the run is far below a level s, the geodesic point at progress s stands in for P_s; the
+    run's own running P_s replaces it from progress s - 2σ on and is fixed after s + 3σ. The
+    frame is refitted only when a basis point is fixed or the highest progress crosses a
+    multiple of 0.1 (at most 12 refits in a run), and the coordinates so far are then moved onto
+    the new frame by a Kabsch-Umeyama alignment of the basis points (``alignment_rmsd``).
+
     Invalid snapshots (``snapshot.valid`` False, or NaN/+inf log-probabilities) are skipped:
     :meth:`update` returns None for them (and warns once for NaN outputs flagged valid).
-    Progress, distances to ignorance/truth/geodesic and the error already present in
-    ``snapshot.metrics`` (as computed by the callback at capture) are reused.
-    The self-embedding keeps every snapshot's sqrt-probabilities in memory
-    (T * N * C * 4 bytes in float32) to add one row of d_B per snapshot.
+    Progress, distances to ignorance/truth/geodesic, the error and the per-class progress already
+    present in ``snapshot.metrics`` (as computed by the callback at capture) are reused.
 
     Scalars per snapshot (:meth:`OnlineResult.scalars`): ``progress``,
     ``distance_to_ignorance``, ``distance_to_truth``, ``distance_to_geodesic``, ``pc1..pck``,
     ``residual``, ``off_manifold``, ``progress_class_<c>``; with a reference
     ``reference_distance``, ``reference_step``, ``relative_speed``; without one
-    ``alignment_rmsd`` (from the second refit on).
+    ``alignment_rmsd`` (at the snapshots where the frame is refitted).
 
     Example::
 
         >>> import torch
         >>> y = torch.arange(60) % 3
-        >>> online = OnlineManifold(y, 3)                  # live self-embedding
+        >>> online = OnlineManifold(y, 3)                  # live 4-point frame
         >>> lp = torch.log_softmax(torch.randn(60, 3), -1)
         >>> result = online.update(Snapshot("train", 0, 0, lp, y, 0.0))
         >>> sorted(result.scalars())[:3]
@@ -443,6 +435,8 @@ class OnlineManifold:
         dtype: torch.dtype = torch.float32,
         probe: str = "",
         device: torch.device | str | None = None,
+        basis_progress: tuple[float, float] = (0.3, 0.7),
+        basis_width: float = F.BASIS_WIDTH,
     ) -> None:
         labels_t = _as_tensor(labels, "labels")
         if labels_t.ndim != 1 or labels_t.is_floating_point():
@@ -475,6 +469,13 @@ class OnlineManifold:
             )
         if n_geodesic < 0:
             raise ValueError(f"`n_geodesic` must be >= 0, got {n_geodesic}")
+        levels = tuple(float(v) for v in basis_progress)
+        if len(levels) != 2 or not 0 < levels[0] < levels[1] < 1:
+            raise ValueError(
+                f"`basis_progress` must be two levels 0 < s1 < s2 < 1, got {basis_progress!r}"
+            )
+        if not basis_width > 0:
+            raise ValueError(f"`basis_width` must be > 0, got {basis_width}")
         if isinstance(reference, (str, os.PathLike)):
             reference = ReferenceEmbedding.load(reference, labels=labels_t, num_classes=num_classes)
         elif isinstance(reference, ReferenceEmbedding):
@@ -489,10 +490,10 @@ class OnlineManifold:
                 f"`n_components` must be <= the reference's {reference.n_components}, "
                 f"got {n_components}"
             )
-        if reference is None and n_components > n_geodesic + 3:
+        if reference is None and n_components > 3:
             raise ValueError(
-                f"`n_components` must be <= n_geodesic + 3 = {n_geodesic + 3} without a reference, "
-                f"got {n_components}"
+                "`n_components` must be <= 3 without a reference (the live frame is an InPCA "
+                f"of 4 points, thesis §2.4), got {n_components}"
             )
         if device is not None:
             device = torch.device(device)
@@ -510,12 +511,27 @@ class OnlineManifold:
         self.n_geodesic = int(n_geodesic)
         self.dtype = dtype
         self.probe = probe
+        self.basis_progress = levels
+        self.basis_width = float(basis_width)
         self._device: torch.device | None = device
-        self._labels_dev: Tensor | None = None if device is None else labels_t.to(device)
-        self._self: _SelfEmbedding | None = None
+        self._labels_dev: Tensor | None = None
+        self._classes: F.ClassWeights | None = None
+        self._present: list[int] = []
+        self._self: _FourPointFrame | None = None
         self._results: list[OnlineResult] = []
-        self._coords: list[Tensor] = []  # reference mode: (k,) projected coordinates
+        self._coords = _Columns(self.n_components)  # reference mode: projected coordinates
+        # steps, progress, error, distance to the geodesic, reference distance
+        self._live = _Columns(5)
         self._warned: set[str] = set()
+        if device is not None:
+            self._bind(device)
+
+    def _bind(self, device: torch.device) -> None:
+        """Per-probe constants on the state's device (labels, per-class sample layout)."""
+        self._device = device
+        self._labels_dev = self.labels.to(device)
+        self._classes = F.class_weights(self._labels_dev, self.num_classes)
+        self._present = list(self._classes.present)
 
     # ------------------------------------------------------------------ public state
 
@@ -529,6 +545,12 @@ class OnlineManifold:
         """Device of the state (None until the first snapshot without a reference)."""
         return self._device
 
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes held in arrays by the placement state (not ``results``): O(N * C + T * k)."""
+        frame = 0 if self._self is None else self._self.nbytes
+        return frame + self._coords.nbytes + self._live.nbytes
+
     def __len__(self) -> int:
         return len(self._results)
 
@@ -539,11 +561,14 @@ class OnlineManifold:
             self._warned.add(key)
             rank_zero_warn(message)
 
-    def update(self, snapshot: Snapshot) -> OnlineResult | None:
+    def update(self, snapshot: Snapshot, *, trusted: bool = False) -> OnlineResult | None:
         """Place one snapshot; None if it is invalid (skipped, nothing recorded).
 
         Args:
             snapshot: its ``log_probs`` are (N, C) log-probabilities of the model on the probe.
+            trusted: the snapshot comes from :class:`~lightning_manifold.ManifoldCallback`:
+                finite (N, C) float log-probabilities of this probe, ``valid`` set from them,
+                metrics computed at capture. The checks of shape and values are skipped.
 
         Returns:
             The snapshot's :class:`OnlineResult`, or None for an invalid snapshot.
@@ -553,48 +578,87 @@ class OnlineManifold:
         """
         if not snapshot.valid:
             return None
-        lp = as_log_probs(snapshot.log_probs, "snapshot.log_probs")
         n, c = self.labels.shape[0], self.num_classes
-        if tuple(lp.shape) != (n, c):
-            raise ValueError(
-                f"`snapshot.log_probs` must have shape (N, C) = ({n}, {c}), got {tuple(lp.shape)}"
-            )
-        if bool(torch.isnan(lp).any()) or bool((lp == math.inf).any()):
-            self._warn_once(
-                "nan",
-                f"OnlineManifold({self.probe!r}): snapshot at step {snapshot.step} has NaN/inf "
-                "log-probabilities (a diverged model?); it is skipped.",
-            )
-            return None
-        if self._device is None:
-            self._device = lp.device
-        if self._labels_dev is None:
-            self._labels_dev = self.labels.to(self._device)
-        lp = lp.to(device=self._device, dtype=torch.float64)
-        labels = self._labels_dev
-
-        common: dict[str, Any] = {
-            "probe": self.probe or snapshot.probe,
-            "step": int(snapshot.step),
-            "epoch": int(snapshot.epoch),
-            **_geometry(lp, labels, snapshot.metrics),
-            "per_class_progress": F.per_class_progress_from_log_probs(lp, labels)
-            .reshape(c)
-            .detach()
-            .to("cpu", torch.float64)
-            .numpy(),
-        }
-        progress = common["progress"]
-        if self.reference is not None:
-            extra = self._update_reference(lp, progress, int(snapshot.step))
+        if trusted:
+            lp = snapshot.log_probs
         else:
-            extra = self._update_self(lp)
-        off = self._off_manifold(
-            extra["residual"], extra.get("reference_distance", _NAN), snapshot.step
+            lp = as_log_probs(snapshot.log_probs, "snapshot.log_probs")
+            if tuple(lp.shape) != (n, c):
+                raise ValueError(
+                    "`snapshot.log_probs` must have shape (N, C) = "
+                    f"({n}, {c}), got {tuple(lp.shape)}"
+                )
+            if bool(torch.isnan(lp).any()) or bool((lp == math.inf).any()):
+                self._warn_once(
+                    "nan",
+                    f"OnlineManifold({self.probe!r}): snapshot at step {snapshot.step} has "
+                    "NaN/inf log-probabilities (a diverged model?); it is skipped.",
+                )
+                return None
+        if self._device is None:
+            self._bind(lp.device)
+        labels = self._labels_dev
+        assert labels is not None
+        if lp.device != self._device:
+            lp = lp.to(self._device)
+
+        geometry = self._geometry(lp, labels, snapshot.metrics)
+        progress = geometry["progress"]
+        step = int(snapshot.step)
+        if self.reference is not None:
+            extra, device_values = self._update_reference(lp, progress, step)
+        else:
+            extra, device_values = self._update_self(lp, geometry)
+        # one transfer to the host for the coordinates and the residual
+        values = torch.cat([v.reshape(-1).to(torch.float64) for v in device_values]).tolist()
+        k = self.n_components
+        coords, residual = values[:k], values[k]
+        (self._coords if self.reference is not None else self._self.coords).append(coords)  # type: ignore[union-attr]
+        off = self._off_manifold(residual, extra.get("reference_distance", _NAN), step)
+        result = OnlineResult(
+            probe=self.probe or snapshot.probe,
+            step=step,
+            epoch=int(snapshot.epoch),
+            coords=np.asarray(coords, dtype=np.float64),
+            residual=residual,
+            off_manifold=off,
+            **{key: geometry[key] for key in _GEOMETRY_KEYS},
+            per_class_progress=geometry["per_class_progress"],
+            **extra,
         )
-        result = OnlineResult(**common, **extra, off_manifold=off)
         self._results.append(result)
+        self._live.append(
+            [
+                float(step),
+                result.progress,
+                result.error,
+                result.distance_to_geodesic,
+                result.reference_distance,
+            ]
+        )
         return result
+
+    def _geometry(self, lp: Tensor, labels: Tensor, known: dict[str, Any]) -> dict[str, Any]:
+        """Progress, d_G to the geodesic (eq. 2.2.4), d_B to P0 and P* (eq. 2.2.2), the error
+        and the per-class progress. Values in ``known`` (``Snapshot.metrics``) are reused: the
+        first five when all are there and finite, the per-class progress when every class
+        present in the probe has its ``progress_class_<c>`` (an absent class has no key)."""
+        base = [known.get(key) for key in _GEOMETRY_KEYS]
+        classes = [known.get(f"progress_class_{c}") for c in self._present]
+        finite = lambda vs: all(isinstance(v, (int, float)) and math.isfinite(v) for v in vs)  # noqa: E731
+        per_class = np.full(self.num_classes, _NAN)
+        if finite(base) and finite(classes):
+            per_class[self._present] = classes
+            out: dict[str, Any] = dict(zip(_GEOMETRY_KEYS, map(float, base)))  # type: ignore[arg-type]
+        else:
+            g = F.prediction_geometry(lp, labels, classes=self._classes, check=False)
+            scalars = torch.stack([getattr(g, key).reshape(()) for key in _GEOMETRY_KEYS])
+            host = torch.cat([scalars, g.per_class_progress.to(torch.float64)]).tolist()
+            per_class[:] = host[len(_GEOMETRY_KEYS) :]
+            reuse = finite(base)
+            out = dict(zip(_GEOMETRY_KEYS, map(float, base if reuse else host)))  # type: ignore[arg-type]
+        out["per_class_progress"] = per_class
+        return out
 
     def replay(self, store: Any) -> int:
         """Feed the valid snapshots of a ``TrajectoryStore`` in order (e.g. after a resume).
@@ -613,7 +677,9 @@ class OnlineManifold:
             fed += self.update(snap) is not None
         return fed
 
-    def _update_reference(self, lp: Tensor, progress: float, step: int) -> dict[str, Any]:
+    def _update_reference(
+        self, lp: Tensor, progress: float, step: int
+    ) -> tuple[dict[str, Any], list[Tensor]]:
         ref = self.reference
         assert ref is not None
         k = self.n_components
@@ -621,12 +687,7 @@ class OnlineManifold:
         x = ref.project_distances(d)[:k]
         signs = torch.sign(ref.eigenvalues[:k])
         residual = _row_residual(d, x, ref.coords[:, :k], signs)
-        self._coords.append(x)
-        out: dict[str, Any] = {
-            "coords": x.detach().to("cpu").numpy(),
-            "time_like": (ref.eigenvalues[:k] < 0).detach().to("cpu").numpy(),
-            "residual": residual,
-        }
+        out: dict[str, Any] = {"time_like": (ref.eigenvalues[:k] < 0).detach().to("cpu").numpy()}
         nearest = ref.nearest_run(lp, progress, distances=d)
         if nearest is not None:
             run, distance = nearest
@@ -635,29 +696,29 @@ class OnlineManifold:
             out["reference_run"] = ref.run_names[run]
             out["reference_step"] = ref_step
             out["relative_speed"] = step / ref_step if ref_step > 0 else _NAN
-        return out
+        return out, [x, residual]
 
-    def _update_self(self, lp: Tensor) -> dict[str, Any]:
+    def _update_self(
+        self, lp: Tensor, geometry: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[Tensor]]:
         if self._self is None:
             assert self._labels_dev is not None
-            self._self = _SelfEmbedding(
+            self._self = _FourPointFrame(
                 self._labels_dev,
                 self.num_classes,
                 n_components=self.n_components,
+                levels=self.basis_progress,
+                sigma=self.basis_width,
                 n_geodesic=self.n_geodesic,
-                max_models=self.self_embedding_max_models,
-                refit_every=self.refit_every,
-                dtype=self.dtype,
             )
-        x, residual, rmsd = self._self.add(lp)
-        fit = self._self.fit
-        assert fit is not None
-        return {
-            "coords": x.detach().to("cpu").numpy(),
-            "time_like": (self._self.display_signs < 0).detach().to("cpu").numpy(),
-            "residual": residual,
-            "alignment_rmsd": rmsd,
-        }
+        x, residual, rmsd = self._self.add(
+            lp,
+            geometry["progress"],
+            geometry["distance_to_ignorance"],
+            geometry["distance_to_truth"],
+        )
+        time_like = (self._self.fit.signs < 0).detach().to("cpu").numpy()
+        return {"time_like": time_like, "alignment_rmsd": rmsd}, [x, residual]
 
     def _off_manifold(self, residual: float, distance: float, step: int) -> bool:
         reasons = []
@@ -685,54 +746,49 @@ class OnlineManifold:
         """Everything a manifold figure needs, as numpy arrays (see :class:`ManifoldFrame`).
 
         With a reference: the reference cloud, its landmarks and the live projections. Without:
-        the current aligned self-embedding (live coordinates of every snapshot so far are
-        re-expressed in the newest frame). In the self-embedding the first k ``eigenvalues``
-        are listed in display-axis order (the eigenvalue of the new axis each aligned column
-        shows), so ``frame.time_like[:k]`` labels the drawn axes; the rest are sorted by |λ|.
+        the live 4-point frame (the snapshots so far, ignorance, truth and the geodesic). In
+        every frame ``eigenvalues`` are sorted by |lambda| and axis i is the eigen-axis of
+        eigenvalue i, so ``frame.time_like[:k]`` labels the drawn axes.
 
         Raises:
             RuntimeError: no valid snapshot yet and no reference.
         """
         k = self.n_components
         cpu = lambda t: t.detach().to("cpu").numpy()  # noqa: E731
-        res = self._results
+        cols = self._live.array
         live = {
-            "live_steps": np.array([r.step for r in res], dtype=np.int64),
-            "live_progress": np.array([r.progress for r in res], dtype=np.float64),
-            "live_error": np.array([r.error for r in res], dtype=np.float64),
-            "live_geodesic_distance": np.array(
-                [r.distance_to_geodesic for r in res], dtype=np.float64
-            ),
-            "live_reference_distance": np.array(
-                [r.reference_distance for r in res], dtype=np.float64
-            ),
+            "live_steps": cols[:, 0].astype(np.int64),
+            "live_progress": cols[:, 1].copy(),
+            "live_error": cols[:, 2].copy(),
+            "live_geodesic_distance": cols[:, 3].copy(),
+            "live_reference_distance": cols[:, 4].copy(),
         }
-        step = res[-1].step if res else 0
+        step = int(cols[-1, 0]) if len(cols) else 0
         name = title or " ".join(x for x in (self.probe, f"step {step}") if x)
         if self.reference is not None:
             frame = self.reference.to_frame(k, title=name)
-            frame.live_coords = cpu(torch.stack(self._coords)) if self._coords else np.zeros((0, k))
+            frame.live_coords = self._coords.array.copy()
             for key, v in live.items():
                 setattr(frame, key, v)
             frame.step = step
             frame.probe = self.probe or frame.probe
             return frame
         emb = self._self
-        if emb is None or emb.fit is None:
+        if emb is None or not emb.coords.n:
             raise RuntimeError(
                 "OnlineManifold.frame(): no valid snapshot yet and no reference to draw"
             )
-        L = emb.num_landmarks
-        aligned = cpu(emb.aligned)
+        fit = emb.fit
+        coords = cpu(fit.coords)
         return ManifoldFrame(
             probe=self.probe,
             step=step,
-            live_coords=aligned[L:],
-            eigenvalues=cpu(torch.cat([emb.display_eigenvalues, emb.fit.eigenvalues[k:]])),
-            total_stress=emb.fit.total_stress,
-            ignorance=aligned[0],
-            truth=aligned[L - 1],
-            geodesic=aligned[:L],
+            live_coords=emb.coords.array.copy(),
+            eigenvalues=cpu(fit.embedding.eigenvalues.to(torch.float64)),
+            total_stress=float(fit.embedding.total_stress),
+            ignorance=coords[0],
+            truth=coords[3],
+            geodesic=cpu(fit.geodesic),
             ref_coords=np.zeros((0, k)),
             title=name,
             **live,

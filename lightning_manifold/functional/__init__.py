@@ -6,6 +6,14 @@ Lightning, loggers or files.
 """
 
 from lightning_manifold.functional.alignment import Alignment, procrustes_align
+from lightning_manifold.functional.basis import (
+    BASIS_WIDTH,
+    FourPointBasis,
+    four_point_basis,
+    four_point_distances,
+    progress_weighted_average,
+    progress_weights,
+)
 from lightning_manifold.functional.centroids import CENTROIDS, centroid
 from lightning_manifold.functional.distances import (
     bhattacharyya,
@@ -45,6 +53,18 @@ from lightning_manifold.functional.inpca import (
     project_from_stats,
     time_like,
 )
+from lightning_manifold.functional.prediction import (
+    ClassWeights,
+    PredictionGeometry,
+    as_log_probs,
+    class_weights,
+    distances_to_points,
+    geodesic_log_probs,
+    nonzero_components,
+    prediction_geometry,
+    sqrt_probs,
+    step_at_progress,
+)
 from lightning_manifold.functional.progress import (
     PROGRESS_TOLERANCE,
     GeodesicProjection,
@@ -73,28 +93,38 @@ from lightning_manifold.functional.tubes import (
 )
 
 __all__ = [
+    "BASIS_WIDTH",
     "CENTROIDS",
     "PROGRESS_TOLERANCE",
     "Alignment",
+    "ClassWeights",
+    "FourPointBasis",
     "GeodesicProjection",
     "InPCAResult",
+    "PredictionGeometry",
     "SeenNovelProgress",
     "StepForecast",
+    "as_log_probs",
     "bhattacharyya",
     "bhattacharyya_coefficients",
     "bhattacharyya_from_log_probs",
     "bhattacharyya_from_sqrt",
     "centroid",
     "class_feature_sums",
+    "class_weights",
     "distance_to_ignorance",
     "distance_to_ignorance_from_log_probs",
     "distance_to_truth",
     "distance_to_truth_from_log_probs",
+    "distances_to_points",
     "eta_per_run",
     "explained_pairwise_distance",
     "explained_stress",
     "forecast_steps",
+    "four_point_basis",
+    "four_point_distances",
     "geodesic_distance",
+    "geodesic_log_probs",
     "geodesic_point",
     "geodesic_projection",
     "geodesic_projection_from_log_probs",
@@ -106,11 +136,15 @@ __all__ = [
     "inpca",
     "mean_trajectory",
     "minkowski_sq_distance",
+    "nonzero_components",
     "normalized_tube_distance",
     "per_class_progress_from_log_probs",
+    "prediction_geometry",
     "procrustes_align",
     "progress",
     "progress_from_log_probs",
+    "progress_weighted_average",
+    "progress_weights",
     "project",
     "project_classes",
     "project_from_stats",
@@ -120,6 +154,8 @@ __all__ = [
     "riemann_length",
     "riemann_length_from_log_probs",
     "seen_novel_progress",
+    "sqrt_probs",
+    "step_at_progress",
     "symmetric_kl",
     "symmetric_kl_from_log_probs",
     "time_like",
