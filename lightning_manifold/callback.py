@@ -631,8 +631,9 @@ class ManifoldCallback(Callback):
             if reference is not None and not isinstance(reference, ReferenceEmbedding):
                 reference = ReferenceEmbedding.load(reference)
             # the per-class sample layout, reused by every capture's per-class progress
-            labels = probe.labels_on(pl_module.device)
-            self._class_rows[probe.name] = F.class_weights(labels, probe.num_classes)
+            if probe.class_progress:
+                labels = probe.labels_on(pl_module.device)
+                self._class_rows[probe.name] = F.class_weights(labels, probe.num_classes)
             # the live 4-point frame spans 3 dimensions (thesis §2.4)
             n_components = self.n_components if reference is not None else min(3, self.n_components)
             online = OnlineManifold(
@@ -644,6 +645,7 @@ class ManifoldCallback(Callback):
                 distance_threshold=self.distance_threshold,
                 probe=probe.name,
                 device=pl_module.device,
+                class_progress=probe.class_progress,
             )
             store = self._stores.get(probe.name)
             if store is not None and len(store):

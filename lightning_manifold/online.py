@@ -383,6 +383,8 @@ class OnlineManifold:
         basis_progress: (s1, s2), the progress levels of the basis points P_s1, P_s2 of the
             live frame (eq. 2.4.1; the thesis uses s1 = 1 - s2 = 0.2 or 0.3).
         basis_width: σ of the Gaussian progress weighting of eq. 2.4.1 (thesis: 0.05).
+        class_progress: compute progress per class (fig. 3.2a); off for probes whose classes
+            are tokens of a vocabulary.
 
     Raises:
         ValueError: bad arguments or an incompatible reference.
@@ -437,6 +439,7 @@ class OnlineManifold:
         device: torch.device | str | None = None,
         basis_progress: tuple[float, float] = (0.3, 0.7),
         basis_width: float = F.BASIS_WIDTH,
+        class_progress: bool = True,
     ) -> None:
         labels_t = _as_tensor(labels, "labels")
         if labels_t.ndim != 1 or labels_t.is_floating_point():
@@ -523,6 +526,7 @@ class OnlineManifold:
         # steps, progress, error, distance to the geodesic, reference distance
         self._live = _Columns(5)
         self._warned: set[str] = set()
+        self.class_progress = bool(class_progress)
         if device is not None:
             self._bind(device)
 
@@ -530,8 +534,9 @@ class OnlineManifold:
         """Per-probe constants on the state's device (labels, per-class sample layout)."""
         self._device = device
         self._labels_dev = self.labels.to(device)
-        self._classes = F.class_weights(self._labels_dev, self.num_classes)
-        self._present = list(self._classes.present)
+        if self.class_progress:  # else no per-class progress (e.g. tokens of a vocabulary)
+            self._classes = F.class_weights(self._labels_dev, self.num_classes)
+            self._present = list(self._classes.present)
 
     # ------------------------------------------------------------------ public state
 

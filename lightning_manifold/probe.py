@@ -739,6 +739,9 @@ class ProbeSet:
             )
 
     # ---------------------------------------------------------------- capture protocol
+
+    #: Whether progress per class (thesis fig. 3.2a) is worth logging for this probe's classes.
+    class_progress: bool = True
     # A capture runs `capture` on each rank's shard, gathers the rows (`unshard`), then
     # `finalize` turns them into (N, C) log-probabilities and `exact_metrics` may supply scalars
     # that the stored predictions cannot give exactly (a reduced vocabulary). Subclasses whose

@@ -92,6 +92,9 @@ class TokenProbe(ProbeSet):
         ValueError: no counted token; labels not (B, T); bad reduction, k, vocab_size.
     """
 
+    #: Tokens are not classes worth a progress each (and reduced columns are not tokens).
+    class_progress = False
+
     def __init__(
         self,
         inputs: Any,
