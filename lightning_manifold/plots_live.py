@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from lightning_manifold import plots
 from lightning_manifold.frame import ManifoldFrame
 
-__all__ = ["LIVE_SIZE", "live_image", "live_png"]
+__all__ = ["LIVE_SIZE", "live_image", "live_png", "to_png"]
 
 #: (width, height) in pixels of :func:`live_image`.
 LIVE_SIZE: tuple[int, int] = (720, 320)
@@ -288,8 +288,13 @@ def live_image(frame: ManifoldFrame, *, size: tuple[int, int] = LIVE_SIZE) -> np
     return np.asarray(img.reduce(_SS))
 
 
+def to_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of (H, W, 3) uint8 RGB ``pixels``."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buf, format="png")
+    return buf.getvalue()
+
+
 def live_png(frame: ManifoldFrame, *, size: tuple[int, int] = LIVE_SIZE) -> bytes:
     """PNG bytes of :func:`live_image`."""
-    buf = io.BytesIO()
-    Image.fromarray(live_image(frame, size=size)).save(buf, format="png")
-    return buf.getvalue()
+    return to_png(live_image(frame, size=size))

@@ -428,13 +428,13 @@ def test_wandb_sink_without_plotly(frame: ManifoldFrame, monkeypatch) -> None:
     assert len(plotly_warnings) == 1  # warned once
     assert [step for _, step in logger.logged] == [1, 2]  # one dict per capture
     keys = set(logger.logged[0][0])
-    assert keys == {"manifold/train/coordinates", "manifold/train/summary"}
+    assert keys == {"manifold/train/coordinates", "manifold/train/summary", "manifold/train/live"}
 
 
 def test_wandb_sink_one_dict_per_capture(frame: ManifoldFrame) -> None:
     pytest.importorskip("wandb")
     logger = CapturingLogger()
-    group = _group([WandbSink(logger, plotly=False, image=False)])
+    group = _group([WandbSink(logger, plotly=False, image=False, live=False)])
     group.log_frames([frame, dataclasses.replace(frame, probe="val")], 12)
     assert len(logger.logged) == 1
     media, step = logger.logged[0]
