@@ -180,7 +180,8 @@ def _live(frame: ManifoldFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.argsort(np.asarray(frame.live_steps), kind="stable")
     steps = np.asarray(frame.live_steps, dtype=float)[order]
     prog = np.asarray(frame.live_progress, dtype=float)[order]
-    coords = np.asarray(frame.live_coords, dtype=float).reshape(len(order), -1)[order]
+    coords = np.asarray(frame.live_coords, dtype=float)
+    coords = coords.reshape(len(order), coords.shape[-1] if coords.ndim == 2 else 0)[order]
     return steps, prog, coords
 
 

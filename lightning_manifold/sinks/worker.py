@@ -36,8 +36,8 @@ from lightning_manifold.sinks.base import Delivery, RenderThrottle, Sink, SinkGr
 __all__ = ["FULL_COST_PRIOR_S", "RenderWorker"]
 
 #: Assumed CPU seconds of the detailed figures per probe and sink before one was measured (a
-#: summary figure with constrained layout costs 1-2 s on a laptop core).
-FULL_COST_PRIOR_S = 1.5
+#: summary figure with constrained layout costs 1-2 s of CPU on a laptop core).
+FULL_COST_PRIOR_S = 2.0
 
 
 @dataclass(frozen=True)
