@@ -15,7 +15,8 @@ probe and a val probe; both runs log to a ``CSVLogger`` so logging costs are com
 like. The time spent inside the captures is also reported: ``capture / baseline`` is a
 lower-noise estimate of the same overhead. Figures are drawn on a worker thread; for the default
 variant the script also prints how many distinct steps were drawn, the worker's CPU time
-(the render budget counts it), the training thread's time spent handing frames over, and how
+(the render budget counts it), the training thread's time spent copying frames (``submit``) and in the render hook
+(building the frames from the online module and copying them), and how
 long the end of ``fit`` waited for the final picture.
 """
 
@@ -111,6 +112,12 @@ class TimedManifoldCallback(ManifoldCallback):
         self.capture_seconds = 0.0
         self.capture_events = 0
         self.drawing: dict[str, float] = {}
+        self.render_hook_seconds = 0.0
+
+    def _render(self, step: int, *, force: bool = False) -> None:
+        start = time.perf_counter()
+        super()._render(step, force=force)
+        self.render_hook_seconds += time.perf_counter() - start
 
     def _close_sinks(self) -> None:
         worker = self._sinks
@@ -121,6 +128,7 @@ class TimedManifoldCallback(ManifoldCallback):
                 "steps drawn": len(set(worker.drawn_steps)),
                 "drawing cpu s": worker.throttle.render_time,
                 "submit s": worker.submit_seconds,
+                "render hook s": self.render_hook_seconds,
                 "end wait s": time.perf_counter() - start,
             }
 

@@ -636,7 +636,7 @@ class ManifoldCallback(Callback):
                 "render-abandoned",
                 f"ManifoldCallback: the final manifold figures were not finished within "
                 f"{timeout:.0f} s and were abandoned so that `fit` can return; the trajectory "
-                "is stored, draw them with the `lightning-manifold` command line.",
+                "is stored, draw them with `lightning-manifold embed`.",
             )
 
     def _save_references(self) -> None:
