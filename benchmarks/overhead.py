@@ -14,10 +14,10 @@ The callback runs with ``Schedule()`` (50 log-spaced steps plus fit start and en
 probe and a val probe; both runs log to a ``CSVLogger`` so logging costs are compared like for
 like. The time spent inside the captures is also reported: ``capture / baseline`` is a
 lower-noise estimate of the same overhead. Figures are drawn on a worker thread; for the default
-variant the script also prints how many distinct steps were drawn, the worker's CPU time
-(the render budget counts it), the training thread's time spent copying frames (``submit``) and in the render hook
-(building the frames from the online module and copying them), and how
-long the end of ``fit`` waited for the final picture.
+variant the script also prints how many distinct steps were drawn, the worker's CPU time (the
+render budget counts it), the training thread's time spent copying frames (``submit``) and in
+the render hook (building the frames from the online module, then copying them), and how long
+the end of ``fit`` waited for the final picture.
 """
 
 from __future__ import annotations
