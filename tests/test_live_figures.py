@@ -236,9 +236,10 @@ def test_default_settings_draw_the_first_and_the_final_step(tmp_path: Path) -> N
     assert cb._sinks is None  # the worker was closed at the end of fit
 
 
-def test_a_slow_sink_does_not_hold_up_training(tmp_path: Path, monkeypatch) -> None:
+def test_slow_and_failing_sinks_do_not_hold_up_training(tmp_path: Path, monkeypatch) -> None:
     sink = GatedSink()
-    monkeypatch.setattr(callback_module, "sinks_for_loggers", lambda *a, **k: [sink])
+    failing = [FailingSink(thread_safe=True), FailingSink(thread_safe=False)]
+    monkeypatch.setattr(callback_module, "sinks_for_loggers", lambda *a, **k: [sink, *failing])
     returned_while_drawing: list[bool] = []
 
     class Probe(ManifoldCallback):
@@ -253,7 +254,11 @@ def test_a_slow_sink_does_not_hold_up_training(tmp_path: Path, monkeypatch) -> N
                 sink.release.set()  # let the drawing finish only once training is over
 
     cb = Probe(_probe(), schedule=Schedule(log_spaced=None, every_n_steps=2), render_budget=1.0)
-    _fit(cb, logger=False, max_steps=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(cb, logger=False, max_steps=16)
+    assert trainer.global_step == 16  # the sinks' exceptions never reached training
+    assert sum("FailingSink failed" in str(w.message) for w in caught) == 2
     # the first capture's drawing blocked until the end; every later capture still went on
     assert len(returned_while_drawing) == 9
     assert all(returned_while_drawing[1:])
