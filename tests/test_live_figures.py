@@ -152,6 +152,22 @@ def test_close_abandons_drawing_after_the_timeout() -> None:
     sink.release.set()
 
 
+def test_close_drops_a_live_frame_that_waits_for_the_budget() -> None:
+    frame = make_frame(n_ref_runs=0, snapshots_per_run=2, n_live=3)
+    sink = RecordingSink()
+    worker = RenderWorker([sink], budget=1e-9)
+    worker.submit([frame], 1)
+    deadline = time.monotonic() + 30.0
+    while not sink.calls and time.monotonic() < deadline:  # the first frame is drawn at once
+        time.sleep(0.01)
+    worker.submit([frame], 2)  # the next one would fit the budget only after years
+    time.sleep(0.05)
+    assert worker.close(timeout=30.0)
+    assert [c[1] for c in sink.calls] == [1]
+    assert worker.dropped == 1
+    assert worker.errors == []
+
+
 class FailingSink(Sink):
     def __init__(self, thread_safe: bool) -> None:
         super().__init__()

@@ -186,11 +186,14 @@ class RenderWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._pending is None and not self._stopping:
-                    self._cond.wait()
-                if self._pending is None:
-                    return
-                while not (self._pending.final or self._stopping):
+                while True:
+                    if self._pending is None:  # nothing to draw (or dropped by `close`)
+                        if self._stopping:
+                            return
+                        self._cond.wait()
+                        continue
+                    if self._pending.final or self._stopping:
+                        break
                     wait = self.throttle.seconds_until_allowed()
                     if wait <= 0:
                         break
