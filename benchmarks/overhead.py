@@ -13,7 +13,11 @@ Usage::
 The callback runs with ``Schedule()`` (50 log-spaced steps plus fit start and end) on a train
 probe and a val probe; both runs log to a ``CSVLogger`` so logging costs are compared like for
 like. The time spent inside the captures is also reported: ``capture / baseline`` is a
-lower-noise estimate of the same overhead.
+lower-noise estimate of the same overhead. Figures are drawn on a worker thread; for the default
+variant the script also prints how many distinct steps were drawn, the worker's CPU time (the
+render budget counts it), the training thread's time spent copying frames (``submit``) and in
+the render hook (building the frames from the online module, then copying them), and how long
+the end of ``fit`` waited for the final picture.
 """
 
 from __future__ import annotations
@@ -100,12 +104,33 @@ class MLP(pl.LightningModule):
 
 
 class TimedManifoldCallback(ManifoldCallback):
-    """ManifoldCallback that accumulates the wall time spent in its capture events."""
+    """ManifoldCallback that accumulates the wall time spent in its capture events, and the
+    drawing worker's statistics."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.capture_seconds = 0.0
         self.capture_events = 0
+        self.drawing: dict[str, float] = {}
+        self.render_hook_seconds = 0.0
+
+    def _render(self, step: int, *, force: bool = False) -> None:
+        start = time.perf_counter()
+        super()._render(step, force=force)
+        self.render_hook_seconds += time.perf_counter() - start
+
+    def _close_sinks(self) -> None:
+        worker = self._sinks
+        start = time.perf_counter()
+        super()._close_sinks()
+        if worker is not None:
+            self.drawing = {
+                "steps drawn": len(set(worker.drawn_steps)),
+                "drawing cpu s": worker.throttle.render_time,
+                "submit s": worker.submit_seconds,
+                "render hook s": self.render_hook_seconds,
+                "end wait s": time.perf_counter() - start,
+            }
 
     def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = time.perf_counter()
@@ -125,8 +150,9 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 
 def run_once(
     cfg: Config, callback_kwargs: dict[str, Any] | None, workdir: Path, tag: str
-) -> tuple[float, float, int]:
-    """One seeded training run; returns (fit seconds, seconds inside captures, captures)."""
+) -> tuple[float, float, int, dict[str, float]]:
+    """One seeded training run; returns (fit seconds, seconds inside captures, captures, drawing
+    statistics)."""
     x, y, xv, yv = make_data(cfg)
     pl.seed_everything(0, verbose=False)
     model = MLP(cfg.dim, cfg.hidden, cfg.classes)
@@ -158,9 +184,10 @@ def run_once(
     trainer.fit(model, loader)
     seconds = time.perf_counter() - start
     if cb is None:
-        return seconds, 0.0, 0
+        return seconds, 0.0, 0, {}
     stores = cb.stores
-    return seconds, cb.capture_seconds, len(stores["train"]) if "train" in stores else 0
+    captures = len(stores["train"]) if "train" in stores else 0
+    return seconds, cb.capture_seconds, captures, cb.drawing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         inside_fraction: dict[str, list[float]] = {k: [] for k in ratios}
         for i in range(cfg.pairs):
             times = {}
+            drawing: dict[str, float] = {}
             for name, kwargs in VARIANTS.items():  # alternate the variants within each round
-                seconds, inside, captures = run_once(cfg, kwargs, workdir, f"{name}{i}")
+                seconds, inside, captures, stats = run_once(cfg, kwargs, workdir, f"{name}{i}")
                 times[name] = seconds
+                drawing = stats or drawing
                 if kwargs is not None:
                     ratios[name].append(seconds / times["without"])
                     inside_fraction[name].append(inside / times["without"])
@@ -215,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{n} {times[n]:7.2f} s (x{times[n] / times['without']:.4f})" for n in ratios
                 )
                 + f"  ({captures} captures)",
+                flush=True,
+            )
+            print(
+                "  drawing (default): " + ", ".join(f"{k} {v:.3g}" for k, v in drawing.items()),
                 flush=True,
             )
     for name in ratios:

@@ -36,7 +36,7 @@ from lightning_manifold.embedding import ReferenceEmbedding
 from lightning_manifold.online import OnlineManifold
 from lightning_manifold.probe import ProbeSet, _tensor_leaves, evaluation_mode
 from lightning_manifold.schedule import Schedule
-from lightning_manifold.sinks import RenderThrottle, SinkGroup, sinks_for_loggers
+from lightning_manifold.sinks import RenderWorker, sinks_for_loggers
 from lightning_manifold.snapshot import Snapshot
 from lightning_manifold.store import TrajectoryStore
 
@@ -59,6 +59,8 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 #: What a fresh run (no checkpoint restored) does with a store that already holds snapshots.
 IfExists = Literal["error", "overwrite", "resume"]
+#: Longest wait at the end of `fit` for the drawing thread's final picture.
+_FINAL_PICTURE_TIMEOUT_S = 20.0
 
 
 class _FatalCaptureError(Exception):
@@ -328,7 +330,7 @@ class ManifoldCallback(Callback):
         self._warned: set[str] = set()
         self._online: dict[str, OnlineManifold] = {}  # rank zero, during training
         self._class_rows: dict[str, F.ClassWeights] = {}  # rank zero, with `online`
-        self._sinks: SinkGroup | None = None  # rank zero, during training
+        self._sinks: RenderWorker | None = None  # rank zero, during training
         self._monitored: dict[str, set[str]] = {}  # probe -> its keys in callback_metrics
         self.reference_paths: dict[str, str] = {}  # filled at fit end with `save_reference`
 
@@ -653,7 +655,8 @@ class ManifoldCallback(Callback):
             self._online[probe.name] = online
 
     def _start_sinks(self, trainer: pl.Trainer) -> None:
-        """Rank zero: figure sinks chosen from ``trainer.loggers`` (files for none/CSV)."""
+        """Rank zero: figure sinks chosen from ``trainer.loggers`` (files for none/CSV), fed by a
+        drawing thread within ``render_budget`` of the training time."""
         self._sinks = None
         if not (self.plots and self._online):
             return
@@ -664,30 +667,49 @@ class ManifoldCallback(Callback):
         except Exception as err:
             self._warn_once("sinks", f"ManifoldCallback: no figures will be drawn ({err}).")
             return
-        throttle = RenderThrottle(max_fraction_of_time=self.render_budget)
-        self._sinks = SinkGroup(sinks, throttle=throttle)
+        self._sinks = RenderWorker(sinks, budget=self.render_budget)
 
     def _render(self, step: int, *, force: bool = False) -> None:
-        """Rank zero: draw the probes' manifold frames if the render budget allows (or forced).
+        """Rank zero: hand copies of the probes' manifold frames to the drawing thread (the final
+        picture with ``force``); never waits for drawing.
 
-        Frames are built only when a render happens; sink failures are warned once by the
-        sink group and never reach training.
+        Also runs the logger calls the drawing thread prepared for this thread (W&B). Failures
+        are warned once and never reach training.
         """
-        if self._sinks is None or not self._online:
+        worker = self._sinks
+        if worker is None or not self._online:
             return
+        worker.deliver()
         run = self.run_name or ""
-        frames = [
-            functools.partial(online.frame, title=f"{run} · {name}".strip(" ·"))
-            for name, online in self._online.items()
-            if len(online)
-        ]
+        frames = []
+        for name, online in self._online.items():
+            if not len(online):
+                continue
+            try:
+                frames.append(online.frame(title=f"{run} · {name}".strip(" ·")))
+            except Exception as err:
+                self._warn_once(
+                    f"frame-{name}",
+                    f"ManifoldCallback: building the manifold frame of probe {name!r} failed "
+                    f"({type(err).__name__}: {err}); no figure for it, training continues.",
+                )
         if frames:
-            self._sinks.log_frames(frames, step, force=force)
+            worker.submit(frames, step, final=force)
 
     def _close_sinks(self) -> None:
-        sinks, self._sinks = self._sinks, None
-        if sinks is not None:
-            sinks.close()
+        """Rank zero: wait (bounded) for the drawing thread to finish the final picture, run its
+        last logger calls here and close the sinks."""
+        worker, self._sinks = self._sinks, None
+        if worker is None:
+            return
+        timeout = _FINAL_PICTURE_TIMEOUT_S
+        if not worker.close(timeout=timeout):
+            self._warn_once(
+                "render-abandoned",
+                f"ManifoldCallback: the final manifold figures were not finished within "
+                f"{timeout:.0f} s and were abandoned so that `fit` can return; the trajectory "
+                "is stored, draw them with `lightning-manifold embed`.",
+            )
 
     def _save_references(self) -> None:
         """Rank zero, fit end: fit a ReferenceEmbedding on each probe's finished trajectory and

@@ -428,13 +428,13 @@ def test_wandb_sink_without_plotly(frame: ManifoldFrame, monkeypatch) -> None:
     assert len(plotly_warnings) == 1  # warned once
     assert [step for _, step in logger.logged] == [1, 2]  # one dict per capture
     keys = set(logger.logged[0][0])
-    assert keys == {"manifold/train/coordinates", "manifold/train/summary"}
+    assert keys == {"manifold/train/coordinates", "manifold/train/summary", "manifold/train/live"}
 
 
 def test_wandb_sink_one_dict_per_capture(frame: ManifoldFrame) -> None:
     pytest.importorskip("wandb")
     logger = CapturingLogger()
-    group = _group([WandbSink(logger, plotly=False, image=False)])
+    group = _group([WandbSink(logger, plotly=False, image=False, live=False)])
     group.log_frames([frame, dataclasses.replace(frame, probe="val")], 12)
     assert len(logger.logged) == 1
     media, step = logger.logged[0]
@@ -533,3 +533,38 @@ def test_several_probes_and_odd_names(frame: ManifoldFrame, tmp_path: Path) -> N
         "manifold_train_coordinates.csv",
         "manifold_val_held_out_coordinates.csv",
     ]
+
+
+def test_throttle_seconds_until_allowed_counts_the_cost_clock() -> None:
+    now, cpu = [0.0], [0.0]
+    throttle = RenderThrottle(
+        max_fraction_of_time=0.1, clock=lambda: now[0], cost_clock=lambda: cpu[0]
+    )
+    assert throttle.seconds_until_allowed() == 0.0  # the first render starts at once
+    with throttle.timed():
+        cpu[0] += 0.5  # 0.5 s of the worker's CPU time ...
+        now[0] += 2.0  # ... during 2 s of wall time (waiting for the GIL is not counted)
+    assert throttle.render_time == 0.5
+    # the next render (expected cost: the mean, 0.5 s) fits when 0.1 * elapsed >= 0.5 + 0.5
+    assert throttle.seconds_until_allowed() == pytest.approx(10.0 - 2.0)
+    now[0] = 10.5
+    assert throttle.seconds_until_allowed() == 0.0
+    assert throttle.seconds_until_allowed(expected=0.6) == pytest.approx((0.5 + 0.6) / 0.1 - 10.5)
+    spaced = RenderThrottle(min_interval_s=3.0, max_fraction_of_time=None, clock=lambda: now[0])
+    spaced.mark()
+    now[0] += 1.0
+    assert spaced.seconds_until_allowed() == pytest.approx(2.0)
+
+
+def test_files_sink_writes_the_live_picture_until_a_full_render(
+    frame: ManifoldFrame, tmp_path: Path
+) -> None:
+    sink = FilesSink(tmp_path)
+    paths = sink.paths("train")
+    sink.log_frame(frame, 3, Renders(frame, full=False))
+    assert paths["png"].read_bytes() == Renders(frame, full=False).live_png()
+    assert not paths["html"].exists()  # the interactive report comes with the final picture
+    assert paths["csv"].exists()
+    pytest.importorskip("plotly")
+    sink.log_frame(frame, 4, Renders(frame, full=False, final=True))
+    assert "plotly" in paths["html"].read_text(encoding="utf-8").lower()

@@ -2,10 +2,14 @@
 
 Typical use by the callback (rank zero only)::
 
-    group = SinkGroup(sinks_for_loggers(trainer.loggers, run_dir), throttle=RenderThrottle())
-    group.log_frame(online.frame, step=trainer.global_step)             # throttled, lazy
-    group.log_frame(online.frame, step=trainer.global_step, force=True)  # at the end
-    group.close()
+    worker = RenderWorker(sinks_for_loggers(trainer.loggers, run_dir), budget=0.02)
+    worker.submit([online.frame()], step=trainer.global_step)  # copies the frame, never waits
+    worker.deliver()                                           # W&B calls, on this thread
+    worker.submit([online.frame()], step=trainer.global_step, final=True)
+    worker.close(timeout=20.0)                                 # bounded wait at the end
+
+A synchronous :class:`SinkGroup` (with a per-capture :class:`RenderThrottle`) draws on the
+calling thread instead.
 """
 
 from __future__ import annotations
@@ -23,21 +27,25 @@ from lightning_manifold.sinks.base import (
     Sink,
     SinkGroup,
     coordinate_table,
+    frozen_copy,
 )
 from lightning_manifold.sinks.files import FilesSink
 from lightning_manifold.sinks.tensorboard import TensorBoardSink
 from lightning_manifold.sinks.wandb import WandbSink
+from lightning_manifold.sinks.worker import RenderWorker
 
 __all__ = [
     "FilesSink",
     "FrameSource",
     "RenderThrottle",
+    "RenderWorker",
     "Renders",
     "Sink",
     "SinkGroup",
     "TensorBoardSink",
     "WandbSink",
     "coordinate_table",
+    "frozen_copy",
     "sinks_for_loggers",
 ]
 

@@ -8,6 +8,8 @@ calls it from rank zero anyway.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import time
 import traceback
@@ -19,22 +21,27 @@ import numpy as np
 from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from matplotlib.figure import Figure
 
-from lightning_manifold import plots
+from lightning_manifold import plots, plots_live
 from lightning_manifold._optional import is_available, missing_message
 from lightning_manifold.frame import ManifoldFrame
 
 __all__ = [
+    "Delivery",
     "FrameSource",
     "RenderThrottle",
     "Renders",
     "Sink",
     "SinkGroup",
     "coordinate_table",
+    "frozen_copy",
     "safe_name",
 ]
 
 FrameSource = ManifoldFrame | Callable[[], ManifoldFrame]
 """A frame, or a zero-argument callable building one only when a render actually happens."""
+
+Delivery = Callable[[], None]
+"""A prepared logger call that must run on the training thread (see :attr:`Sink.thread_safe`)."""
 
 FIGURES: dict[str, Callable[..., Figure]] = {
     "summary": plots.summary_figure,
@@ -48,6 +55,23 @@ FIGURES: dict[str, Callable[..., Figure]] = {
 def safe_name(name: str) -> str:
     """``name`` with every character but letters, digits, ``-``, ``_``, ``.`` replaced by ``_``."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "probe"
+
+
+def frozen_copy(frame: ManifoldFrame) -> ManifoldFrame:
+    """An immutable copy of ``frame``: every array copied and marked read-only.
+
+    The training thread keeps updating its online module while a worker draws; a frame handed
+    to the worker must not share memory with it. Frames are O(t k + m k) numbers, so copying is
+    cheap next to drawing.
+    """
+    changes: dict[str, Any] = {"ref_run_names": list(frame.ref_run_names)}
+    for field in dataclasses.fields(frame):
+        value = getattr(frame, field.name)
+        if isinstance(value, np.ndarray):
+            value = value.copy()
+            value.flags.writeable = False
+            changes[field.name] = value
+    return dataclasses.replace(frame, **changes)
 
 
 def coordinate_table(
@@ -97,17 +121,41 @@ class Renders:
     Figures are rendered once per (name) and kept as PNG bytes / RGB arrays; :meth:`figure` returns
     a fresh matplotlib Figure each call (for APIs that consume and close figures).
 
+    Sinks always log the cheap live picture (:meth:`live`, :mod:`lightning_manifold.plots_live`)
+    and what needs no drawing (point clouds, tables, CSV); the detailed matplotlib figures, which
+    cost seconds, only when ``full`` is true.
+
     Args:
         frame: the data.
         dpi: resolution of the figures.
+        full: also log the detailed figures (``plots.*_figure``).
+        final: the picture at the end of training (sinks add what is too costly to repeat, such
+            as the interactive plotly map); implied by ``full``.
     """
 
-    def __init__(self, frame: ManifoldFrame, *, dpi: float = 100.0) -> None:
+    def __init__(
+        self, frame: ManifoldFrame, *, dpi: float = 100.0, full: bool = True, final: bool = False
+    ) -> None:
         self.frame = frame
         self.dpi = dpi
+        self.full = bool(full)
+        self.final = bool(final) or self.full
         self._png: dict[str, bytes] = {}
         self._array: dict[str, np.ndarray] = {}
         self._plotly: Any = None
+        self._live: np.ndarray | None = None
+
+    def live(self) -> np.ndarray:
+        """(H, W, 3) uint8 pixels of the live picture (``plots_live.live_image``, drawn once)."""
+        if self._live is None:
+            self._live = plots_live.live_image(self.frame)
+        return self._live
+
+    def live_png(self) -> bytes:
+        """PNG bytes of the live picture."""
+        if "live" not in self._png:
+            self._png["live"] = plots_live.to_png(self.live())
+        return self._png["live"]
 
     def figure(self, name: str) -> Figure:
         """A new matplotlib figure ``name`` in ``summary, manifold, spectrum, progress,
@@ -141,7 +189,15 @@ class Sink:
     Sinks are called on rank zero only. They must not raise for missing optional packages at
     log time: check them in ``__init__`` (raising the :func:`~lightning_manifold._optional.require`
     message) or degrade with a single warning (:meth:`warn_once`).
+
+    Sinks may be driven from a drawing thread (:class:`~lightning_manifold.sinks.RenderWorker`).
+    A sink whose logger may only be called from the training thread sets ``thread_safe = False``
+    and overrides :meth:`prepare`: the drawing happens on the worker, the logger call is handed
+    back and runs on the training thread.
     """
+
+    #: Whether :meth:`log_frames` may run on a thread other than the training thread.
+    thread_safe: bool = True
 
     def __init__(self) -> None:
         self._warned: set[str] = set()
@@ -165,6 +221,14 @@ class Sink:
         """
         for frame, renders in batch:
             self.log_frame(frame, step, renders)
+
+    def prepare(self, batch: Sequence[tuple[ManifoldFrame, Renders]], step: int) -> Delivery:
+        """Draw ``batch`` now and return the logger call to run later on the training thread.
+
+        The default defers everything (:meth:`log_frames`); sinks with ``thread_safe = False``
+        override it to draw here and return only the cheap logger call.
+        """
+        return functools.partial(self.log_frames, list(batch), int(step))
 
     def close(self) -> None:
         """Flush and release resources (the sink may not be used afterwards)."""
@@ -201,7 +265,10 @@ class RenderThrottle:
         every_n_captures: render at most every n-th capture (>= 1).
         min_interval_s: minimum seconds between two renders (>= 0).
         max_fraction_of_time: budget in (0, 1], or ``None`` for no budget.
-        clock: a monotonic clock in seconds (injectable for tests).
+        clock: a monotonic clock in seconds for the elapsed time (injectable for tests).
+        cost_clock: the clock that measures a render in :meth:`timed` (default ``clock``); a
+            drawing thread passes ``time.thread_time`` so that the budget counts its CPU time,
+            which is what it takes from training, not the time it waits for the GIL.
 
     Example::
 
@@ -218,6 +285,7 @@ class RenderThrottle:
         max_fraction_of_time: float | None = 0.1,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        cost_clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(every_n_captures, int) or every_n_captures < 1:
             raise ValueError(f"`every_n_captures` must be an int >= 1, got {every_n_captures!r}")
@@ -231,6 +299,7 @@ class RenderThrottle:
         self.min_interval_s = float(min_interval_s)
         self.max_fraction_of_time = max_fraction_of_time
         self._clock = clock
+        self._cost_clock = cost_clock if cost_clock is not None else clock
         self.reset()
 
     def reset(self) -> None:
@@ -267,6 +336,26 @@ class RenderThrottle:
             self.skipped += 1
         return ok
 
+    def seconds_until_allowed(self, expected: float | None = None) -> float:
+        """Seconds to wait before a render of cost ``expected`` (default: the mean so far) fits
+        the time budget and ``min_interval_s``; 0 when it may start now. Counts nothing.
+
+        Used by a drawing thread that keeps the newest frame and draws it once this reaches 0.
+        """
+        now = self._clock()
+        wait = 0.0
+        if self._last_render_time is not None:
+            wait = self._last_render_time + self.min_interval_s - now
+        if self.max_fraction_of_time is not None:
+            cost = self.mean_render_time if expected is None else float(expected)
+            ready_at = self.start_time + (self.render_time + cost) / self.max_fraction_of_time
+            wait = max(wait, ready_at - now)
+        return max(wait, 0.0)
+
+    def mark(self) -> None:
+        """Count a render starting now (for :meth:`seconds_until_allowed`'s ``min_interval_s``)."""
+        self._last_render_time = self._clock()
+
     def record(self, seconds: float) -> None:
         """Add one measured render duration."""
         self.renders += 1
@@ -274,12 +363,12 @@ class RenderThrottle:
 
     @contextmanager
     def timed(self) -> Iterator[None]:
-        """Measure the enclosed render and :meth:`record` it."""
-        t0 = self._clock()
+        """Measure the enclosed render with the cost clock and :meth:`record` it."""
+        t0 = self._cost_clock()
         try:
             yield
         finally:
-            self.record(self._clock() - t0)
+            self.record(self._cost_clock() - t0)
 
     def state(self) -> dict[str, float]:
         """Counters for logging/debugging: captures, renders, skipped, render_time, elapsed."""
@@ -332,6 +421,7 @@ class SinkGroup:
         self._decision: tuple[int, bool] | None = None
         self._done: set[tuple[str, int]] = set()
         self._failed: set[int] = set()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self.sinks)
@@ -357,9 +447,28 @@ class SinkGroup:
         """
         return self.log_frames([frame], step, force=force)
 
-    def log_frames(self, frames: Sequence[FrameSource], step: int, *, force: bool = False) -> bool:
-        """Like :meth:`log_frame` for several probes captured at the same ``step``."""
-        if rank_zero_only.rank != 0 or not self.sinks:
+    def log_frames(
+        self,
+        frames: Sequence[FrameSource],
+        step: int,
+        *,
+        force: bool = False,
+        full: bool = True,
+        final: bool = False,
+        deliver: Callable[[Delivery], None] | None = None,
+    ) -> bool:
+        """Like :meth:`log_frame` for several probes captured at the same ``step``.
+
+        Args:
+            frames: one frame (or frame builder) per probe.
+            step: ``trainer.global_step`` of the newest snapshot.
+            force: render regardless of the throttle.
+            full: also draw the detailed figures (see :class:`Renders`).
+            final: the picture at the end of training (see :class:`Renders`).
+            deliver: when given (on a drawing thread), sinks that are not ``thread_safe`` draw
+                here and hand their logger call to ``deliver`` instead of making it.
+        """
+        if rank_zero_only.rank != 0 or not self.sinks or self._closed:
             return False
         if not self._decide(int(step), force):
             return False
@@ -370,14 +479,21 @@ class SinkGroup:
                 frame = self._build(source)
                 if frame is None:
                     continue
-                key = (frame.probe, step)
+                key = (frame.probe, step, full, final)
                 if key in self._done:  # already rendered at this step (e.g. a final forced call)
                     continue
                 self._done = {k for k in self._done if k[1] == step} | {key}
-                batch.append((frame, Renders(frame, dpi=self.dpi)))
+                batch.append((frame, Renders(frame, dpi=self.dpi, full=full, final=final)))
             if batch:
                 for sink in self.sinks:
-                    self._call(sink, sink.log_frames, batch, step)
+                    if self._closed:  # closed by the training thread while this one drew
+                        break
+                    if deliver is None or sink.thread_safe:
+                        self._call(sink, sink.log_frames, batch, step)
+                    else:
+                        prepared = self._call(sink, sink.prepare, batch, step)
+                        if prepared is not None:
+                            deliver(functools.partial(self._call, sink, prepared))
         return True
 
     def _build(self, source: FrameSource) -> ManifoldFrame | None:
@@ -396,9 +512,10 @@ class SinkGroup:
                 )
             return None
 
-    def _call(self, sink: Sink, fn: Callable[..., None], *args: Any) -> None:
+    def _call(self, sink: Sink, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``; a failure is warned once per sink (raised with ``strict``) -> None."""
         try:
-            fn(*args)
+            return fn(*args)
         except Exception as err:
             if self.strict:
                 raise
@@ -409,11 +526,14 @@ class SinkGroup:
                     f"{err}); training continues, further failures of this sink are not reported."
                     f"\n{traceback.format_exc(limit=3)}"
                 )
+            return None
 
     def close(self) -> None:
-        """Close every sink (errors reported like in :meth:`log_frame`)."""
-        if rank_zero_only.rank != 0:
+        """Close every sink once (errors reported like in :meth:`log_frame`); later frames are
+        ignored."""
+        if rank_zero_only.rank != 0 or self._closed:
             return
+        self._closed = True
         for sink in self.sinks:
             self._call(sink, sink.close)
 

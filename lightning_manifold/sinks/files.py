@@ -1,7 +1,10 @@
 """Files next to the trajectory store: PNG summary, self-contained HTML, coordinates CSV.
 
 Used with a ``CSVLogger`` or without any logger. Files are replaced atomically at every render,
-so a browser or image viewer never sees a half-written file.
+so a browser or image viewer never sees a half-written file. During training the PNG holds the
+live picture (:mod:`lightning_manifold.plots_live`); a full render (the final picture when the
+budget allows it) replaces it with the summary figure. The HTML report is written with the
+final picture.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ class FilesSink(Sink):
     """Write ``manifold_<probe>.png``, ``manifold_<probe>.html`` and
     ``manifold_<probe>_coordinates.csv`` into ``dirpath``.
 
-    * PNG: :func:`~lightning_manifold.plots.summary_figure`.
-    * HTML: :func:`~lightning_manifold.plots.write_html` -- interactive 3D map (plotly.js inline,
-      opens offline) plus the summary PNG. Without plotly, a single warning names the
-      ``lightning-manifold[plotly]`` extra and only PNG and CSV are written.
+    * PNG: :func:`~lightning_manifold.plots.summary_figure` in full renders, else the live
+      picture.
+    * HTML (final picture): :func:`~lightning_manifold.plots.write_html` -- interactive 3D map
+      (plotly.js inline, opens offline) plus the PNG. Without plotly, a single warning names
+      the ``lightning-manifold[plotly]`` extra and only PNG and CSV are written.
     * CSV: columns ``kind, run, step, progress, error, geodesic_distance, reference_distance,
       pc1..pck``; one row per live snapshot (``kind=live``) and per reference model.
 
@@ -84,13 +88,16 @@ class FilesSink(Sink):
         """Write the files of ``frame.probe`` (replacing those of the previous render)."""
         renders = renders if renders is not None else Renders(frame)
         paths = self.paths(frame.probe)
-        png = renders.png("summary") if (self.png or self.html) else b""
+        html = self.html and renders.final
+        png = b""
+        if self.png or html:
+            png = renders.png("summary") if renders.full else renders.live_png()
         if self.png:
             _atomic_write(paths["png"], png)
             if self.keep_history:
                 history = paths["png"].with_name(f"{paths['png'].stem}_step{int(step):08d}.png")
                 _atomic_write(history, png)
-        if self.html and self.plotly_available():
+        if html and self.plotly_available():
             tmp = paths["html"].with_name(f".{paths['html'].name}.render")
             plots.write_html(frame, tmp, summary_png=png)
             os.replace(tmp, paths["html"])

@@ -2,13 +2,17 @@
 
 Tags (``<probe>`` is the probe name):
 
-* ``manifold/<probe>/<figure>`` -- images of the figures (``manifold``, ``spectrum``,
-  ``progress``, ``diagnostics`` by default; ``summary`` on request) via ``add_figure``.
+* ``manifold/<probe>/live`` -- the live picture (:mod:`lightning_manifold.plots_live`: map and
+  progress), at every render, so the image slider follows training.
+* ``manifold/<probe>/<figure>`` -- images of the detailed figures (``manifold``, ``spectrum``,
+  ``progress``, ``diagnostics`` by default; ``summary`` on request) via ``add_figure``, when the
+  render is ``full`` (the final picture when the budget allows it).
 * ``manifold/<probe>`` -- projector embedding (``add_embedding``) of the top-3 coordinates of the
   live snapshots, the reference models, the geodesic, P0 and P*, with metadata columns
   ``run, step, progress, error, probe``; one embedding per rendered step.
 * ``manifold/<probe>/cloud`` -- ``add_mesh`` point cloud (live run coloured by progress,
-  reference runs by run, P0 black, P* red) with a step slider.
+  reference runs by run, P0 black, P* red) with a step slider; its display name and description
+  name the probe.
 """
 
 from __future__ import annotations
@@ -95,14 +99,53 @@ def _cloud(frame: ManifoldFrame) -> tuple[np.ndarray, np.ndarray, list[list[str]
     return xyz, rgb, meta
 
 
+def _add_mesh(
+    writer: Any,
+    tag: str,
+    probe: str,
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    config: dict[str, Any],
+    step: int,
+) -> None:
+    """``add_mesh`` with a display name and description naming the probe (the Mesh dashboard
+    shows them on the card); plain ``add_mesh`` for writers without torch's summary API."""
+    try:
+        from torch.utils.tensorboard.summary import mesh
+    except ImportError:
+        mesh = None
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if mesh is None or file_writer is None:
+        writer.add_mesh(
+            tag, vertices=xyz[None], colors=rgb[None], config_dict=config, global_step=step
+        )
+        return
+    summary = mesh(
+        tag,
+        xyz[None],
+        rgb[None],
+        None,
+        config,
+        display_name=f"probe {probe}: InPCA point cloud",
+        description=(
+            f"Probe **{probe}**: the top-3 InPCA coordinates of this run's snapshots (coloured by "
+            "progress), the reference runs (by run), the geodesic (grey), ignorance P0 (black) "
+            "and truth P* (red)."
+        ),
+    )
+    file_writer().add_summary(summary, step)
+
+
 class TensorBoardSink(Sink):
     """Log manifold figures, a projector embedding and a mesh point cloud to TensorBoard.
 
     Args:
         logger: a Lightning ``TensorBoardLogger`` (its ``.experiment`` is used at log time) or a
             ``SummaryWriter``.
-        figures: which figures to log as images (names of ``plots.*_figure`` without the suffix:
-            ``summary``, ``manifold``, ``spectrum``, ``progress``, ``diagnostics``).
+        figures: which detailed figures to log as images in full renders (names of
+            ``plots.*_figure`` without the suffix: ``summary``, ``manifold``, ``spectrum``,
+            ``progress``, ``diagnostics``).
+        live: log the live picture at every render.
         embedding: log the projector embedding.
         mesh: log the mesh point cloud.
 
@@ -117,6 +160,7 @@ class TensorBoardSink(Sink):
         logger: Any,
         *,
         figures: Sequence[str] = DEFAULT_FIGURES,
+        live: bool = True,
         embedding: bool = True,
         mesh: bool = True,
     ) -> None:
@@ -128,6 +172,7 @@ class TensorBoardSink(Sink):
             raise ValueError(f"`figures` must be among {sorted(FIGURES)}, got {unknown}")
         self.logger = logger
         self.figures = tuple(figures)
+        self.live = live
         self.embedding = embedding
         self.mesh = mesh
         self._embedded: set[tuple[str, int]] = set()
@@ -138,12 +183,15 @@ class TensorBoardSink(Sink):
         return getattr(self.logger, "experiment", self.logger)
 
     def log_frame(self, frame: ManifoldFrame, step: int, renders: Renders | None = None) -> None:
-        """Log the figures, the embedding and the point cloud of ``frame`` at ``step``."""
+        """Log the live picture, the figures (full renders), the embedding and the point cloud
+        of ``frame`` at ``step``."""
         renders = renders if renders is not None else Renders(frame)
         writer = self.writer
         step = int(step)
         prefix = f"manifold/{frame.probe}"
-        for name in self.figures:
+        if self.live:
+            writer.add_image(f"{prefix}/live", renders.live(), global_step=step, dataformats="HWC")
+        for name in self.figures if renders.full else ():
             writer.add_figure(
                 f"{prefix}/{name}", renders.figure(name), global_step=step, close=True
             )
@@ -165,13 +213,7 @@ class TensorBoardSink(Sink):
         if self.mesh:
             extent = float(np.ptp(xyz, axis=0).max()) if len(xyz) > 1 else 1.0
             config = {"material": {"cls": "PointsMaterial", "size": 0.02 * (extent or 1.0)}}
-            writer.add_mesh(
-                f"{prefix}/cloud",
-                vertices=xyz[None],
-                colors=rgb[None],
-                config_dict=config,
-                global_step=step,
-            )
+            _add_mesh(writer, f"{prefix}/cloud", frame.probe, xyz, rgb, config, step)
 
     def close(self) -> None:
         """Flush the writer."""

@@ -1,26 +1,34 @@
 """Weights & Biases: interactive 3D map, coordinates table and summary image, one dict per capture.
 
 Media go through ``WandbLogger.log_metrics(media, step=step)`` so they line up with
-``trainer/global_step`` like every other logged value (never ``wandb.log(step=...)``). Keys
-(``<probe>`` is the probe name):
+``trainer/global_step`` like every other logged value (never ``wandb.log(step=...)``): the
+logger defines ``trainer/global_step`` as the step metric of every key, so a row of media for an
+earlier step, logged after the scalars of a later one, is kept and shown at its own step. The
+sink is not ``thread_safe`` (``wandb.Run.log`` keeps its step and media files without a lock):
+on a drawing thread the media are built there and only the ``log_metrics`` call runs on the
+training thread (:meth:`WandbSink.prepare`). Keys (``<probe>`` is the probe name):
 
+* ``manifold/<probe>/live`` -- ``wandb.Image`` of the live picture (map and progress), at every
+  render.
 * ``manifold/<probe>/manifold_3d`` -- ``wandb.Plotly``: rotatable 3D map, hover shows run, step,
-  progress and error (needs plotly; without it a single warning names the extra).
+  progress and error, in the final picture (needs plotly; without it a single warning names the
+  extra).
 * ``manifold/<probe>/coordinates`` -- ``wandb.Table`` with columns ``step, progress, error,
   pc1..pck, run`` (live run and reference models), for custom W&B charts.
 * ``manifold/<probe>/summary`` -- ``wandb.Image`` of
-  :func:`~lightning_manifold.plots.summary_figure`.
+  :func:`~lightning_manifold.plots.summary_figure`, in full renders.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from lightning_manifold import plots
 from lightning_manifold._optional import require
 from lightning_manifold.frame import ManifoldFrame
-from lightning_manifold.sinks.base import Renders, Sink, coordinate_table
+from lightning_manifold.sinks.base import Delivery, Renders, Sink, coordinate_table
 
 __all__ = ["WandbSink"]
 
@@ -30,14 +38,17 @@ class WandbSink(Sink):
 
     Args:
         logger: the ``WandbLogger`` (anything with ``log_metrics(metrics, step=)``).
-        plotly: log the interactive 3D map.
+        plotly: log the interactive 3D map (final picture).
         table: log the coordinates table.
-        image: log the summary figure as an image.
+        image: log the summary figure as an image (full renders).
+        live: log the live picture at every render.
         table_dims: number of coordinates in the table.
 
     Raises:
         ModuleNotFoundError: naming ``lightning-manifold[wandb]`` when wandb is not installed.
     """
+
+    thread_safe = False
 
     def __init__(
         self,
@@ -46,6 +57,7 @@ class WandbSink(Sink):
         plotly: bool = True,
         table: bool = True,
         image: bool = True,
+        live: bool = True,
         table_dims: int = 10,
     ) -> None:
         super().__init__()
@@ -59,6 +71,7 @@ class WandbSink(Sink):
         self.plotly = plotly
         self.table = table
         self.image = image
+        self.live = live
         self.table_dims = table_dims
 
     def media(self, frame: ManifoldFrame, renders: Renders | None = None) -> dict[str, Any]:
@@ -67,15 +80,16 @@ class WandbSink(Sink):
         renders = renders if renders is not None else Renders(frame)
         prefix = f"manifold/{frame.probe}"
         out: dict[str, Any] = {}
-        if self.plotly and self.plotly_available():
+        caption = f"{plots.LIVE_LABEL}, step {frame.step}"
+        if self.live:
+            out[f"{prefix}/live"] = wandb.Image(renders.live(), caption=caption)
+        if self.plotly and renders.final and self.plotly_available():
             out[f"{prefix}/manifold_3d"] = wandb.Plotly(renders.plotly())
         if self.table:
             columns, rows = coordinate_table(frame, max_dims=self.table_dims)
             out[f"{prefix}/coordinates"] = wandb.Table(columns=columns, data=rows)
-        if self.image:
-            out[f"{prefix}/summary"] = wandb.Image(
-                renders.array("summary"), caption=f"{plots.LIVE_LABEL}, step {frame.step}"
-            )
+        if self.image and renders.full:
+            out[f"{prefix}/summary"] = wandb.Image(renders.array("summary"), caption=caption)
         return out
 
     def log_frame(self, frame: ManifoldFrame, step: int, renders: Renders | None = None) -> None:
@@ -84,11 +98,17 @@ class WandbSink(Sink):
 
     def log_frames(self, batch: Sequence[tuple[ManifoldFrame, Renders]], step: int) -> None:
         """Log the media of every probe captured at ``step`` in a single ``log_metrics`` call."""
+        self.prepare(batch, step)()
+
+    def prepare(self, batch: Sequence[tuple[ManifoldFrame, Renders]], step: int) -> Delivery:
+        """Build the media of every probe captured at ``step`` now (drawing thread) and return
+        the single ``log_metrics`` call that logs them (for the training thread)."""
         media: dict[str, Any] = {}
         for frame, renders in batch:
             media.update(self.media(frame, renders))
-        if media:
-            self.logger.log_metrics(media, step=int(step))
+        if not media:
+            return lambda: None
+        return functools.partial(self.logger.log_metrics, media, step=int(step))
 
     def __repr__(self) -> str:
         return f"WandbSink(plotly={self.plotly}, table={self.table}, image={self.image})"
