@@ -52,6 +52,7 @@ __all__ = [
     "explained_stress",
     "figure_to_array",
     "figure_to_png",
+    "group_colors",
     "has_reference_distance",
     "manifold_figure",
     "manifold_plotly",
@@ -190,6 +191,12 @@ def run_colors(n: int) -> list[str]:
         return [to_hex(cmap(i)) for i in range(n)]
     cmap = matplotlib.colormaps["turbo"]
     return [to_hex(cmap(x)) for x in np.linspace(0.05, 0.95, n)]
+
+
+def group_colors(groups: Sequence[str]) -> dict[str, str]:
+    """One colour per distinct group (configuration), in order of first appearance."""
+    uniq = list(dict.fromkeys(str(g) for g in groups))
+    return dict(zip(uniq, run_colors(len(uniq))))
 
 
 def _live_order(frame: ManifoldFrame) -> np.ndarray:

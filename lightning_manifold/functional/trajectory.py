@@ -180,7 +180,7 @@ def trajectory_distances(
     R = len(runs)
     if R == 0:
         raise ValueError("`P_runs` must hold at least one trajectory")
-    device, dtype = runs[0].A.device, runs[0].A.dtype
+    device = runs[0].A.device
     f64 = torch.float64
     rng = torch.tensor([[float(r.s.min()), float(r.s.max())] for r in runs], dtype=f64)
     lo = torch.maximum(rng[:, None, 0], rng[None, :, 0])  # (R, R)
