@@ -48,11 +48,12 @@ from torch import Tensor
 from lightning_manifold import functional as F
 from lightning_manifold import plots
 from lightning_manifold._optional import is_available
+from lightning_manifold._runs import stores_below as _stores_below
 from lightning_manifold.embedding import ReferenceEmbedding, as_log_probs
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.functional import trajectory as TR
 from lightning_manifold.snapshot import Snapshot
-from lightning_manifold.store import MANIFEST, TrajectoryStore, list_stores, load_stores
+from lightning_manifold.store import TrajectoryStore, load_stores
 
 __all__ = [
     "Comparison",
@@ -161,33 +162,6 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # finding the runs
-
-
-def _stores_below(path: Path) -> list[TrajectoryStore]:
-    """Every store at or below ``path``; a one-line error for a missing path or no store."""
-    if not path.exists():
-        raise FileNotFoundError(f"RUN_DIR '{path}' does not exist")
-    if not path.is_dir():
-        raise ValueError(
-            f"RUN_DIR '{path}' must be a directory (a trajectory store or a directory above "
-            "stores), got a file"
-        )
-    stores = list_stores(path)
-    listed = {s.path.resolve() for s in stores}
-    for manifest in sorted(path.rglob(MANIFEST)):
-        store_dir = manifest.parent
-        if store_dir.resolve() in listed:
-            continue
-        if (store_dir / "labels.npy").exists() or (store_dir / "snapshots").is_dir():
-            # a store whose manifest cannot be read: never embed the others without a word
-            raise ValueError(
-                f"'{manifest}' belongs to a trajectory store (labels.npy/snapshots/ beside it) "
-                "but is not a readable lightning-manifold manifest (corrupt or truncated "
-                "JSON?); repair or remove that store"
-            )
-    if not stores:
-        raise ValueError(f"no trajectory store (manifest.json) found at or below RUN_DIR '{path}'")
-    return stores
 
 
 def resolve_stores(
@@ -411,12 +385,23 @@ def explained_stress_summary(
 
 
 def embedding_frame(
-    ref: ReferenceEmbedding, *, n_components: int = 3, title: str = ""
+    ref: ReferenceEmbedding,
+    *,
+    n_components: int = 3,
+    title: str = "",
+    groups: Sequence[str] | None = None,
 ) -> ManifoldFrame:
     """The runs of ``ref`` as a :class:`ManifoldFrame` (each run a coloured reference run),
-    with their distances to the ignorance->truth geodesic for the diagnostics panel."""
+    with their distances to the ignorance->truth geodesic for the diagnostics panel. With
+    ``groups`` (one per run), runs are coloured and keyed by configuration group."""
     frame = ref.to_frame(n_components, title=title or f"{ref.num_runs} run(s)")
     frame.ref_geodesic_distance = ref.model_geodesic_distance.detach().to("cpu").numpy()
+    if groups is not None:
+        if len(groups) != ref.num_runs:
+            raise ValueError(
+                f"`groups` must hold one group per run ({ref.num_runs}), got {len(groups)}"
+            )
+        frame.ref_run_groups = [str(g) for g in groups]  # type: ignore[attr-defined]
     return frame
 
 
@@ -1447,7 +1432,7 @@ def report_html(
     groups = run_groups(stores, names, group_by)
     n_components = max(n_components, max(stress_at))
     ref = embed_stores(stores, names, n_components=n_components, max_models=max_models)
-    frame = embedding_frame(ref, title=f"{len(stores)} run(s)")
+    frame = embedding_frame(ref, title=f"{len(stores)} run(s)", groups=groups)
     stress = explained_stress_table(stores, stress_at, ref)
     sections: list[str] = []
     sections.append("<h2>Runs</h2>\n" + _run_table(stores, names, groups))

@@ -145,9 +145,9 @@ def inspect_path(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             detail = _one_line(str(err)).split(". If you trust")[0]  # never advise unpickling
             raise ValueError(f"PATH '{p}': {expected}; it cannot be read: {detail}") from err
-    from lightning_manifold.analysis import _stores_below
+    from lightning_manifold._runs import stores_below
 
-    return [_store_info(s) for s in _stores_below(p)]
+    return [_store_info(s) for s in stores_below(p)]
 
 
 def _format_info(info: dict[str, Any]) -> str:
@@ -221,7 +221,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     written: dict[str, Path] = {}
     stages("figures")
     if not args.no_figures:
-        frame = A.embedding_frame(ref, title=f"{len(stores)} run(s)")
+        groups = A.run_groups(stores, names, args.group_by)
+        frame = A.embedding_frame(ref, title=f"{len(stores)} run(s)", groups=groups)
         written = A.write_figures(frame, out, stem="embedding", dpi=args.dpi)
         if "html" not in written:
             print(
@@ -450,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-figures", action="store_true", help="write the CSV and JSON only (no PNG, no HTML)"
     )
+    p.add_argument(
+        "--group-by", default=None, metavar="REGEX",
+        help="colour runs by configuration group (see `compare --help`; default: meta['config'], "
+        "else the run name without a trailing 'seed<k>')",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser(
