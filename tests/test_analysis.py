@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,12 @@ from conftest import write_store
 from matplotlib.figure import Figure
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
+from test_examples import _readme_block
 
 from lightning_manifold import analysis
 from lightning_manifold import functional as F
 
 N, C, T = 30, 4, 7
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _runs(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -225,14 +224,6 @@ def test_load_runs_bad_input_names_the_argument() -> None:
         analysis.load_runs(arrays[:2], labels=y, names=["x", "x"])
     with pytest.raises(ValueError, match=r"`source\[0\]` holds 1 valid snapshot"):
         analysis.load_runs([arrays[0][:1], arrays[1]], labels=y)
-
-
-def _readme_block(section: str) -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```python\n(.*?)```", body, re.S)
-    assert match is not None, f"no python block in section {section!r}"
-    return match.group(1)
 
 
 def test_readme_compare_runs_snippet_runs_as_shown(

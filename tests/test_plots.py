@@ -314,9 +314,10 @@ def test_fewer_dimensions(k: int, n_views: int) -> None:
     assert {t.type for t in plotly_fig.data} == ({"scatter3d"} if k >= 3 else {"scatter"})
 
 
-def test_empty_live_run_and_nan_truth(frame: ManifoldFrame) -> None:
+def _without_live_run(frame: ManifoldFrame, **changes: object) -> ManifoldFrame:
+    """``frame`` with no live snapshot (and any other ``changes``)."""
     k = frame.live_coords.shape[1]
-    empty = dataclasses.replace(
+    return dataclasses.replace(
         frame,
         live_coords=np.zeros((0, k)),
         live_steps=np.zeros(0, dtype=np.int64),
@@ -324,8 +325,12 @@ def test_empty_live_run_and_nan_truth(frame: ManifoldFrame) -> None:
         live_error=np.zeros(0),
         live_geodesic_distance=np.zeros(0),
         live_reference_distance=np.zeros(0),
-        truth=np.full(k, np.nan),
+        **changes,
     )
+
+
+def test_empty_live_run_and_nan_truth(frame: ManifoldFrame) -> None:
+    empty = _without_live_run(frame, truth=np.full(frame.live_coords.shape[1], np.nan))
     for name, (make, _) in EXPECTED.items():
         texts = _texts(make(empty, dpi=DPI))
         assert not _has(texts["legend"], "truth"), name
@@ -376,17 +381,7 @@ def test_twenty_reference_runs_are_named_and_more_collapse_in_legend() -> None:
 
 
 def test_runs_with_groups_are_coloured_and_keyed_by_group() -> None:
-    full = make_frame(n_ref_runs=6, snapshots_per_run=3, n_live=5)
-    k = full.live_coords.shape[1]
-    frame = dataclasses.replace(
-        full,
-        live_coords=np.zeros((0, k)),
-        live_steps=np.zeros(0, dtype=np.int64),
-        live_progress=np.zeros(0),
-        live_error=np.zeros(0),
-        live_geodesic_distance=np.zeros(0),
-        live_reference_distance=np.zeros(0),
-    )
+    frame = _without_live_run(make_frame(n_ref_runs=6, snapshots_per_run=3, n_live=5))
     frame.ref_run_groups = ["sgd", "sgd", "sgd", "adam", "adam", "adam"]
     fig = plots.manifold_figure(frame, dpi=DPI)
     texts = _texts(fig)
