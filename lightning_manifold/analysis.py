@@ -58,6 +58,7 @@ from lightning_manifold.store import TrajectoryStore, load_stores
 __all__ = [
     "Comparison",
     "DistanceTable",
+    "GroupCurve",
     "GroupSummary",
     "Runs",
     "SpeedCurves",
@@ -77,6 +78,7 @@ __all__ = [
     "linkage_matrix",
     "load_runs",
     "load_trajectories",
+    "normalised_group_distance",
     "relative_speed",
     "relative_speed_figure",
     "report_html",
@@ -535,19 +537,32 @@ def load_trajectories(
     return out
 
 
+def _index(t: Trajectory, index: str) -> Tensor:
+    if index == "progress":
+        return t.progress
+    if index == "error":  # 1 - error rises from chance towards 1 like progress
+        return torch.from_numpy(1.0 - np.asarray(t.error, dtype=np.float64))
+    raise ValueError(f"`index` must be 'progress' or 'error', got {index!r}")
+
+
 def trajectory_distance_matrix(
-    trajectories: Sequence[Trajectory], *, n_points: int = 100
+    trajectories: Sequence[Trajectory], *, n_points: int = 100, index: str = "progress"
 ) -> np.ndarray:
     """(R, R) symmetric matrix of trajectory distances (eq. 2.2.5) between every pair of runs,
     each re-indexed once by progress (``functional.trajectory.trajectory_distances``: batched
     GEMMs on a fixed progress grid; entry (u, v) equals ``F.trajectory_distance`` of u and v).
 
+    ``index="error"`` re-indexes by ``1 - error`` (the probe accuracy) instead of progress:
+    runs are then compared at equal error.
+
     Raises:
-        ValueError: two runs share no progress range (named).
+        ValueError: two runs share no progress (or accuracy) range (named).
     """
     try:
         D = TR.trajectory_distances(
-            [t.probs for t in trajectories], [t.progress for t in trajectories], n_points=n_points
+            [t.probs for t in trajectories],
+            [_index(t, index) for t in trajectories],
+            n_points=n_points,
         )
     except ValueError as err:
         m = re.match(r"runs (\d+) and (\d+) (.*)", str(err))
@@ -975,6 +990,47 @@ def riemann_lengths(trajectories: Sequence[Trajectory]) -> dict[str, float]:
 
 
 @dataclass
+class GroupCurve(_Table):
+    """A quantity along progress. Attributes: progress (S,), value (S,)."""
+
+    progress: np.ndarray
+    value: np.ndarray
+
+
+def normalised_group_distance(
+    trajectories: Sequence[Trajectory], group_a: str, group_b: str, *, n_points: int = 50
+) -> GroupCurve:
+    """Thesis Remark 3.3.3: at each progress s,
+    ``2 d_B(mean_a(s), mean_b(s)) / Σ_{k=a,b} max_runs d_B(run(s), mean_k(s))``,
+    the distance between the groups' mean trajectories (arithmetic mean of the runs re-indexed
+    by progress) over the average of their tube radii. Below 1 the two tubes intersect.
+
+    The progress values span the range every run of both groups visited.
+
+    Raises:
+        ValueError: a group with fewer than 2 runs, or no shared progress range.
+    """
+    members = {g: [t for t in trajectories if t.group == g] for g in (group_a, group_b)}
+    for g, ms in members.items():
+        if len(ms) < 2:
+            raise ValueError(f"group {g!r} needs at least 2 runs for a tube radius, got {len(ms)}")
+    everyone = members[group_a] + members[group_b]
+    lo = max(t.progress_range[0] for t in everyone)
+    hi = min(t.progress_range[1] for t in everyone)
+    if hi <= lo:
+        raise ValueError(f"the runs of {group_a!r} and {group_b!r} share no progress range")
+    grid = torch.linspace(lo, hi, n_points, dtype=torch.float64)
+    means, radii = [], []
+    for g in (group_a, group_b):
+        X = torch.stack([F.reindex_by_progress(t.probs, t.progress, grid)[0] for t in members[g]])
+        means.append(X.mean(0))  # (S, N, C) arithmetic mean model, as in F.tube_width
+        radii.append(F.tube_width(X).amax(0))  # (S,) the farthest run from the mean
+    d = -F.bhattacharyya_coefficients(means[0], means[1]).log().mean(-1)  # (S,)
+    value = 2 * d / (radii[0] + radii[1])
+    return GroupCurve(grid.numpy(), value.to(torch.float64).numpy())
+
+
+@dataclass
 class Comparison:
     """Everything ``compare`` computes.
 
@@ -1290,13 +1346,16 @@ class Runs:
             probe_name=self.probe,
         )
 
-    def distances(self, n_points: int = 100) -> DistanceTable:
-        """Trajectory distances at equal progress (eq. 2.2.5) between every pair of runs."""
-        return DistanceTable(
-            self.names,
-            self.groups,
-            trajectory_distance_matrix(self.trajectories, n_points=n_points),
-        )
+    def distances(self, n_points: int = 100, *, index: str = "progress") -> DistanceTable:
+        """Trajectory distances at equal progress (eq. 2.2.5) between every pair of runs
+        (``index="error"``: at equal probe error instead)."""
+        D = trajectory_distance_matrix(self.trajectories, n_points=n_points, index=index)
+        return DistanceTable(self.names, self.groups, D)
+
+    def normalised_distance(self, group_a: str, group_b: str, n_points: int = 50) -> GroupCurve:
+        """Distance between the mean trajectories of two groups over the average tube radius,
+        along progress (thesis Remark 3.3.3; :func:`normalised_group_distance`)."""
+        return normalised_group_distance(self.trajectories, group_a, group_b, n_points=n_points)
 
     def tube_widths(self, n_points: int = 50) -> TubeWidths:
         """Tube widths of each group of two or more runs (§2.5.4.1)."""

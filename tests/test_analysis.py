@@ -175,6 +175,46 @@ def test_explained_stress_for_any_k_models_alone_and_with_landmarks(runs) -> Non
     )
 
 
+def test_reindexing_by_error_compares_runs_at_equal_accuracy(runs) -> None:
+    by_error = runs.distances(n_points=12, index="error").matrix
+    u, v = runs.trajectories[0], runs.trajectories[2]
+    lps, y = _runs()
+    acc_u = 1 - (lps["a-seed0"].argmax(-1) != y).mean(-1)  # plain accuracy along training
+    acc_v = 1 - (lps["b-seed0"].argmax(-1) != y).mean(-1)
+    expected = F.trajectory_distance(u.probs, acc_u, v.probs, acc_v, n_points=12)
+    assert by_error[0, 2] == pytest.approx(float(expected), rel=1e-9)
+    assert not np.allclose(by_error, runs.distances(n_points=12).matrix)
+    with pytest.raises(ValueError, match="`index`"):
+        runs.distances(index="loss")
+
+
+def test_normalised_distance_of_remark_3_3_3_against_plain_code(runs) -> None:
+    curve = runs.normalised_distance("a", "b", n_points=6)
+    trajs = {g: [t for t in runs.trajectories if t.group == g] for g in ("a", "b")}
+    lo = max(float(t.progress.min()) for ts in trajs.values() for t in ts)
+    hi = min(float(t.progress.max()) for ts in trajs.values() for t in ts)
+    grid = np.linspace(lo, hi, 6)
+    np.testing.assert_allclose(curve.progress, grid, rtol=1e-12)
+    expected = []
+    for s in grid:
+        models = {
+            g: [R.reindex_by_progress(t.probs, t.progress, [s])[0][0] for t in ts]
+            for g, ts in trajs.items()
+        }
+        mean = {g: np.mean(ms, axis=0) for g, ms in models.items()}
+        radius = {
+            g: max(R.bhattacharyya(m[None], mean[g][None])[0, 0] for m in ms)
+            for g, ms in models.items()
+        }
+        d = R.bhattacharyya(mean["a"][None], mean["b"][None])[0, 0]
+        with np.errstate(invalid="ignore"):  # at ignorance every run is the same model: 0 / 0
+            expected.append(2 * d / (radius["a"] + radius["b"]))
+    np.testing.assert_allclose(curve.value, expected, rtol=1e-7, equal_nan=True)
+    assert (curve.value[1:] > 1).all()  # separate configurations: the tubes do not meet
+    with pytest.raises(ValueError, match="group 'c'"):
+        runs.normalised_distance("a", "c")
+
+
 def test_riemann_lengths_against_plain_code(runs) -> None:
     lengths = runs.riemann_lengths()
     for t in runs.trajectories:
