@@ -41,7 +41,8 @@ from _synthetic import (
     train_run,
 )
 
-from lightning_manifold import OnlineManifold, ReferenceEmbedding, Schedule, TrajectoryStore, cli
+from lightning_manifold import OnlineManifold, ReferenceEmbedding, Schedule, TrajectoryStore
+from lightning_manifold import analysis as cli
 from lightning_manifold.online import OnlineResult
 
 #: the two architectures (depth, width)
@@ -94,12 +95,21 @@ def _against_reference(store: TrajectoryStore, reference: ReferenceEmbedding) ->
     results = _replay(store, reference)
     d = np.array([r.reference_distance for r in results], dtype=float)
     ratio = np.array([r.relative_speed for r in results], dtype=float)  # step / reference step
-    d, ratio = d[np.isfinite(d)], ratio[np.isfinite(ratio) & (ratio > 0)]
+    prog = np.array([r.progress for r in results], dtype=float)
+    d = d[np.isfinite(d)]
     if not d.size:
         return "never at a progress the reference reached"
     text = f"mean d_B to the reference at equal progress {d.mean():.4f}"
-    if ratio.size:
-        text += f", needs {np.median(ratio):.2g}x its steps"
+    # relative speed changes along training: show it at a few progress values, not as one number
+    ok = np.isfinite(ratio) & (ratio > 0)
+    speeds = []
+    for s in (0.2, 0.5, 0.8):
+        near = ok & (np.abs(prog - s) <= 0.1)
+        if near.any():
+            i = np.flatnonzero(near)[np.argmin(np.abs(prog[near] - s))]
+            speeds.append(f"{ratio[i]:.2g}x at {prog[i]:.2f}")
+    if speeds:
+        text += ", steps vs the reference: " + ", ".join(speeds)
     return text
 
 

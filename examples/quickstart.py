@@ -13,8 +13,14 @@ train and a test probe at 50 log-spaced steps. Writes, under ``--out`` (default
 * ``wandb/``: an offline Weights & Biases run, when wandb is installed (``--no-wandb`` skips it);
 * ``manifold/<run>/<probe>/``: the trajectory stores (read them with the ``lightning-manifold``
   command line);
-* ``manifold.png`` and ``manifold.html``: the run on the InPCA map (eq. 2.2.6) with ignorance,
-  truth and the geodesic between them, spectrum, progress and distance to the geodesic.
+* ``manifold/<run>/manifold.png`` and ``manifold.html``, next to the run's stores: the run on
+  the InPCA map (eq. 2.2.6) with ignorance, truth and the geodesic between them, spectrum,
+  progress and distance to the geodesic.
+
+Re-running adds a run (``quickstart-2``, ...) beside the first; ``--seed`` changes only the
+initialisation and the data order, so the runs share the task and the probes and every
+multi-run command (``lightning-manifold compare``, ``report``) works on them. ``--task-seed``
+draws another task (other probes: not comparable with the first runs).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from _synthetic import RunConfig, make_task, probes_for, torch_threads, train_ru
 
 from lightning_manifold import Schedule, TrajectoryStore
 from lightning_manifold._optional import is_available
-from lightning_manifold.cli import run_frame, write_figures
+from lightning_manifold.analysis import run_frame, write_figures
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,6 +54,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-epochs", type=int, default=None, help="epochs of training (default: 50, fast: 5)"
     )
     p.add_argument("--seed", type=int, default=0, help="weight initialisation and data order")
+    p.add_argument(
+        "--task-seed", type=int, default=0,
+        help="the synthetic task and probes (default 0; runs of different task seeds cannot be "
+        "compared)",
+    )  # fmt: skip
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: fastest for tiny MLPs)"
     )
@@ -101,9 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     out = Path(args.out)
     fast = args.fast
     task = (
-        make_task(d=50, n_train=1000, n_test=200, seed=args.seed)
+        make_task(d=50, n_train=1000, n_test=200, seed=args.task_seed)
         if fast
-        else make_task(seed=args.seed)
+        else make_task(seed=args.task_seed)
     )
     config = RunConfig(
         name="mlp1-adam",
@@ -136,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     stores = {probe: TrajectoryStore(path) for probe, path in result.store_paths.items()}
     where["stores"] = root / run_name
     frame = run_frame(stores["train"], title=f"{run_name} (train probe)")
-    figures = write_figures(frame, out, stem="manifold")
+    figures = write_figures(frame, root / run_name, stem="manifold")  # beside its own stores
     where.update(
         {"png": figures["png"], **({"html": figures["html"]} if "html" in figures else {})}
     )
@@ -170,7 +181,14 @@ def _print_summary(
         print(f"\nopen TensorBoard:  tensorboard --logdir {where['tensorboard']}")
     if "wandb" in where:
         print(f"upload to W&B:     wandb sync {where['wandb']}")
-    print(f"compare runs:      lightning-manifold report {where['stores'].parent} -o report.html")
+    root, run = where["stores"].parent, where["stores"]
+    n_runs = sum(1 for p in root.iterdir() if p.is_dir())
+    print(f"a reference map:   lightning-manifold reference {run} -o {root / 'reference.npz'}")
+    print(f"one-page report:   lightning-manifold report {root} -o {root / 'report.html'}")
+    if n_runs >= 2:
+        print(f"compare the runs:  lightning-manifold compare {root} -o {root / 'compare'}")
+    else:
+        print(f"compare runs:      run again with --seed 1, then lightning-manifold compare {root}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

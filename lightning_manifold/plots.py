@@ -52,10 +52,12 @@ __all__ = [
     "explained_stress",
     "figure_to_array",
     "figure_to_png",
+    "group_colors",
     "has_reference_distance",
     "manifold_figure",
     "manifold_plotly",
     "progress_figure",
+    "ref_groups",
     "run_colors",
     "spectrum_figure",
     "summary_figure",
@@ -66,7 +68,13 @@ LIVE_LABEL = "this run"
 PROGRESS_CMAP = "viridis"
 SPACE_LIKE_COLOR = "#1f77b4"
 TIME_LIKE_COLOR = "#d62728"
-MAX_LEGEND_RUNS = 8
+MAX_LEGEND_RUNS = 20
+"""Up to this many runs (or groups) are named one by one in the legends; more are collapsed."""
+# The same marker for the same thing in the PNG and the HTML (plotly 3D has no star):
+# truth a red diamond, ignorance a black circle, the latest point a red ring.
+TRUTH_MARKER = {"matplotlib": "D", "plotly": "diamond"}
+IGNORANCE_MARKER = {"matplotlib": "o", "plotly": "circle"}
+LATEST_MARKER = {"matplotlib": "o", "plotly": "circle-open"}
 _STRESS_DIMS = (1, 3, 10)
 _RC = {
     "font.size": 9.0,
@@ -192,6 +200,38 @@ def run_colors(n: int) -> list[str]:
     return [to_hex(cmap(x)) for x in np.linspace(0.05, 0.95, n)]
 
 
+def ref_groups(frame: ManifoldFrame) -> list[str] | None:
+    """The configuration group of each reference run, when the frame carries them
+    (``frame.ref_run_groups``, set by ``analysis.embedding_frame``) and some group holds
+    two runs or more; else None (runs are coloured one by one)."""
+    groups = getattr(frame, "ref_run_groups", None)
+    if not groups or len(groups) != len(frame.ref_run_names):
+        return None
+    groups = [str(g) for g in groups]
+    return groups if len(set(groups)) < len(groups) else None
+
+
+def _ref_keys(frame: ManifoldFrame) -> list[tuple[str, str]]:
+    """(label, colour) of each legend entry for the reference runs: one per group when
+    groups exist, else one per run; collapsed to one entry beyond ``MAX_LEGEND_RUNS``."""
+    runs = _ref_runs(frame)
+    groups = ref_groups(frame)
+    if groups is not None:
+        keys = list(dict.fromkeys((groups[r], color) for r, _, color, _ in runs))
+    else:
+        keys = [(name, color) for _, name, color, _ in runs]
+    if len(keys) > MAX_LEGEND_RUNS:
+        what = "groups" if groups is not None else "runs"
+        return [(f"reference ({len(keys)} {what})", keys[0][1])]
+    return keys
+
+
+def group_colors(groups: Sequence[str]) -> dict[str, str]:
+    """One colour per distinct group (configuration), in order of first appearance."""
+    uniq = list(dict.fromkeys(str(g) for g in groups))
+    return dict(zip(uniq, run_colors(len(uniq))))
+
+
 def _live_order(frame: ManifoldFrame) -> np.ndarray:
     return np.argsort(np.asarray(frame.live_steps), kind="stable")
 
@@ -200,7 +240,12 @@ def _ref_runs(frame: ManifoldFrame) -> list[tuple[int, str, str, np.ndarray]]:
     """(index, name, colour, row indices sorted by step) of each reference run with models."""
     if np.shape(frame.ref_coords)[0] == 0:
         return []
-    colors = run_colors(len(frame.ref_run_names))
+    groups = ref_groups(frame)
+    if groups is not None:
+        by_group = group_colors(groups)
+        colors = [by_group[g] for g in groups]
+    else:
+        colors = run_colors(len(frame.ref_run_names))
     runs = []
     ref_run = np.asarray(frame.ref_run)
     steps = np.asarray(frame.ref_steps)
@@ -346,8 +391,16 @@ def _draw_manifold(
         )
 
     for point, p, style in (
-        (frame.ignorance, 0.0, {"marker": "o", "s": 50, "color": "black"}),
-        (frame.truth, 1.0, {"marker": "*", "s": 170, "color": TIME_LIKE_COLOR}),
+        (
+            frame.ignorance,
+            0.0,
+            {"marker": IGNORANCE_MARKER["matplotlib"], "s": 50, "color": "black"},
+        ),
+        (
+            frame.truth,
+            1.0,
+            {"marker": TRUTH_MARKER["matplotlib"], "s": 70, "color": TIME_LIKE_COLOR},
+        ),
     ):
         point = np.asarray(point, dtype=float)
         if point.size and np.isfinite(point).all():
@@ -371,26 +424,10 @@ def _draw_manifold(
 
 def _manifold_handles(frame: ManifoldFrame) -> list[Any]:
     """Legend entries shared by every manifold view."""
-    runs = _ref_runs(frame)
-    handles: list[Any] = []
-    if 0 < len(runs) <= MAX_LEGEND_RUNS:
-        for _, name, color, _ in runs:
-            handles.append(
-                Line2D([], [], ls="", marker="o", ms=5, color=color, alpha=0.8, label=name)
-            )
-    elif runs:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="o",
-                ms=5,
-                color=runs[0][2],
-                alpha=0.8,
-                label=f"reference ({len(runs)} runs)",
-            )
-        )
+    handles: list[Any] = [
+        Line2D([], [], ls="", marker="o", ms=5, color=color, alpha=0.8, label=label)
+        for label, color in _ref_keys(frame)
+    ]
     if np.shape(frame.live_coords)[0]:
         handles.append(
             Line2D(
@@ -442,8 +479,8 @@ def _manifold_handles(frame: ManifoldFrame) -> list[Any]:
                 [],
                 [],
                 ls="",
-                marker="*",
-                ms=11,
+                marker=TRUTH_MARKER["matplotlib"],
+                ms=7,
                 color=TIME_LIKE_COLOR,
                 mec="white",
                 label=r"truth $P_*$",
@@ -496,7 +533,8 @@ def _draw_manifold_panels(
         _draw_manifold(ax, frame, view, cmap, norm)
         ax.set_title(f"{_short_label(view[0])} vs {_short_label(view[1])}")
         axes.append(ax)
-    _progress_colorbar(container, axes)
+    if np.shape(frame.live_coords)[0]:  # colour means progress only on the live run
+        _progress_colorbar(container, axes)
     handles = _manifold_handles(frame)
     container.legend(
         handles=handles,
@@ -607,12 +645,9 @@ def spectrum_figure(
 
 
 def _run_legend(ax: Axes, frame: ManifoldFrame, *, loc: str = "best") -> None:
-    runs = _ref_runs(frame)
-    handles: list[Any] = []
-    if 0 < len(runs) <= MAX_LEGEND_RUNS:
-        handles = [Line2D([], [], color=c, lw=1.2, label=name) for _, name, c, _ in runs]
-    elif runs:
-        handles = [Line2D([], [], color=runs[0][2], lw=1.2, label=f"reference ({len(runs)} runs)")]
+    handles: list[Any] = [
+        Line2D([], [], color=color, lw=1.2, label=label) for label, color in _ref_keys(frame)
+    ]
     if np.shape(frame.live_coords)[0] or np.size(frame.live_steps):
         handles.append(
             Line2D(
@@ -812,21 +847,26 @@ def manifold_plotly(frame: ManifoldFrame) -> Any:
         fig.update_layout(title="no coordinates yet")
         return fig
 
-    for _, name, color, rows in _ref_runs(frame):
+    groups = ref_groups(frame)
+    shown: set[str] = set()
+    for r, name, color, rows in _ref_runs(frame):
+        key = groups[r] if groups is not None else name
         steps = np.asarray(frame.ref_steps)[rows]
         prog = np.asarray(frame.ref_progress, dtype=float)[rows]
         fig.add_trace(
             trace(
                 **_plotly_columns(np.asarray(frame.ref_coords)[rows], prog, view),
                 mode="markers",
-                name=name,
-                legendgroup="reference",
+                name=key,
+                legendgroup=key,
+                showlegend=key not in shown,
                 marker={"size": 3 if view3d else 5, "color": color, "opacity": 0.55},
                 customdata=np.c_[steps, prog].tolist(),
                 hovertemplate=f"<b>{html.escape(name)}</b><br>step %{{customdata[0]:.0f}}"
                 "<br>progress %{customdata[1]:.3f}<extra></extra>",
             )
         )
+        shown.add(key)
     geo = np.asarray(frame.geodesic, dtype=float)
     if geo.shape[0]:
         fig.add_trace(
@@ -861,7 +901,13 @@ def manifold_plotly(frame: ManifoldFrame) -> Any:
                     "colorscale": "Viridis",
                     "cmin": 0.0,
                     "cmax": 1.0,
-                    "colorbar": {"title": {"text": "progress"}, "thickness": 14, "len": 0.7},
+                    "colorbar": {
+                        "title": {"text": "progress"},
+                        "thickness": 14,
+                        "len": 0.7,
+                        "x": -0.02,  # left: the legend is on the right
+                        "xanchor": "right",
+                    },
                     "line": {"color": "black", "width": 0.5},
                 },
                 customdata=custom.tolist(),
@@ -873,14 +919,19 @@ def manifold_plotly(frame: ManifoldFrame) -> Any:
                 **_plotly_columns(live[-1:], prog[-1:], view),
                 mode="markers",
                 name=f"latest (step {int(custom[-1, 0])})",
-                marker={"size": 8 if view3d else 13, "color": TIME_LIKE_COLOR, "symbol": "diamond"},
+                marker={
+                    "size": 9 if view3d else 14,
+                    "color": TIME_LIKE_COLOR,
+                    "symbol": LATEST_MARKER["plotly"],
+                    "line": {"color": TIME_LIKE_COLOR, "width": 3},
+                },
                 customdata=custom[-1:].tolist(),
                 hovertemplate=hover,
             )
         )
     for point, p, name, color, symbol in (
-        (frame.ignorance, 0.0, "ignorance P0", "black", "circle"),
-        (frame.truth, 1.0, "truth P*", TIME_LIKE_COLOR, "diamond-open" if view3d else "star"),
+        (frame.ignorance, 0.0, "ignorance P0", "black", IGNORANCE_MARKER["plotly"]),
+        (frame.truth, 1.0, "truth P*", TIME_LIKE_COLOR, TRUTH_MARKER["plotly"]),
     ):
         point = np.asarray(point, dtype=float)
         if point.size and np.isfinite(point).all():
@@ -904,8 +955,9 @@ def manifold_plotly(frame: ManifoldFrame) -> Any:
     fig.update_layout(
         title={"text": title},
         template="plotly_white",
-        legend={"itemsizing": "constant", "orientation": "h", "y": -0.05},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        # a vertical legend outside the scene, so 20 runs do not squeeze it
+        legend={"itemsizing": "constant", "x": 1.02, "xanchor": "left", "y": 1.0},
+        margin={"l": 70, "r": 10, "t": 50, "b": 10},
         height=650,
     )
     return fig

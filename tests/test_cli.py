@@ -289,6 +289,58 @@ def test_report_is_one_self_contained_page(
     assert "Progress" in page
 
 
+def test_one_run_report_says_why_it_has_no_comparison(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page_path = tmp_path / "one.html"
+    code, out, _ = _run_main(["report", str(runs / "a-seed0"), "-o", str(page_path)], capsys)
+    assert code == 0
+    assert "no comparison section" in out
+    page = page_path.read_text(encoding="utf-8")
+    assert "Not shown: comparing trajectories" in page
+    assert "this report holds 1 run" in page
+
+
+def test_stress_at_any_k_clusters_and_no_figures(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["embed", str(runs), "-o", str(tmp_path / "e"), "--stress-at", "1,2,7", "--no-figures"]
+    code, out, _ = _run_main(argv, capsys)
+    assert code == 0
+    models = re.search(r"models alone: +top 1: ([\d.]+)%, top 2: ([\d.]+)%, top 7: ([\d.]+)%", out)
+    landmarks = re.search(r"with landmarks: top 1: ([\d.]+)%, top 2: [\d.]+%, top 7: ", out)
+    assert models is not None
+    assert landmarks is not None
+    assert not (tmp_path / "e" / "embedding.png").exists()
+    summary = json.loads((tmp_path / "e" / "embedding.json").read_text())
+    assert set(summary["explained_stress_models"]) == {"1", "2", "7"}
+    # models alone, plain: eq. 2.2.8 on the full spectrum of the models' d_B matrix
+    lp = np.concatenate(
+        [np.asarray(s.log_probs(valid_only=True), dtype=np.float64)
+         for s in list_stores(runs) if s.probe_name == "train"]
+    )  # fmt: skip
+    m = lp.shape[0]
+    D = np.array([[_plain_bhattacharyya(lp[i], lp[j]) for j in range(m)] for i in range(m)])
+    L = np.eye(m) - 1.0 / m
+    sq = np.sort(np.linalg.eigvalsh(-0.5 * L @ D @ L) ** 2)[::-1]
+    for k, printed in zip((1, 2, 7), models.groups()):
+        plain = 1 - np.sqrt(sq[k:].sum() / sq.sum())
+        assert summary["explained_stress_models"][str(k)] == pytest.approx(plain, rel=1e-4)
+        assert float(printed) == pytest.approx(100 * plain, abs=0.051)
+
+    argv = ["compare", str(runs), "-o", str(tmp_path / "c"), "--clusters", "2", "--no-figures"]
+    code, out, _ = _run_main(argv, capsys)
+    assert code == 0
+    assert "2 clusters (average linkage):" in out
+    assert "within a group" in out
+    assert not (tmp_path / "c" / "dendrogram.png").exists()
+    info = json.loads((tmp_path / "c" / "dendrogram.json").read_text())
+    assert sorted(set(info["clusters"].values())) == [1, 2]
+    groups = _read_csv(tmp_path / "c" / "groups.csv")
+    assert groups[0] == ["group", "runs", "within", "between", "ratio"]
+    assert {r[0] for r in groups[1:]} == {"a", "b"}
+
+
 # ----------------------------------------------------------------------------------- inspect
 
 

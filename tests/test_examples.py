@@ -103,8 +103,9 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_quickstart_writes_logs_store_and_figures(quickstart: tuple[Path, str]) -> None:
     out, printed = quickstart
-    assert (out / "manifold.png").read_bytes().startswith(PNG_MAGIC)
-    page = (out / "manifold.html").read_text(encoding="utf-8")
+    run_dir = out / "manifold" / "quickstart"  # the pictures sit next to the run's stores
+    assert (run_dir / "manifold.png").read_bytes().startswith(PNG_MAGIC)
+    page = (run_dir / "manifold.html").read_text(encoding="utf-8")
     assert "Plotly" in page
     assert "data:image/png;base64," in page
     stores = {s.probe_name: s for s in list_stores(out / "manifold")}

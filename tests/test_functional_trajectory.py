@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lightning_manifold import functional as F
+from lightning_manifold.functional import trajectory as TR
 
 N, C = 24, 5
 
@@ -75,6 +76,19 @@ def test_reindexed_geodesic_trajectory_stays_on_the_geodesic():
 # ----------------------------------------------------------------------------- distance
 
 
+def plain_trajectory_distance(P_u, s_u, P_v, s_v, n_points: int = 100) -> float:
+    """eq. 2.2.5 on the shared range [lo, hi]: trapezoid of d_B at equal progress on the nodes
+    lo, the values of linspace(0, 1, n_points) strictly inside, hi; divided by hi - lo."""
+    s_u, s_v = R.as_np(s_u), R.as_np(s_v)
+    lo, hi = max(s_u.min(), s_v.min()), min(s_u.max(), s_v.max())
+    fixed = np.linspace(0.0, 1.0, n_points)
+    nodes = np.r_[lo, fixed[(fixed > lo) & (fixed < hi)], hi]
+    A, _ = R.reindex_by_progress(P_u, s_u, nodes)
+    B, _ = R.reindex_by_progress(P_v, s_v, nodes)
+    d = np.array([R.bhattacharyya(A[i][None], B[i][None])[0, 0] for i in range(nodes.size)])
+    return float(np.trapezoid(d, nodes) / (hi - lo))
+
+
 def test_trajectory_distance_matches_reference():
     Pu, y = run(4, T=7, top=8.0)
     Pv, _ = run(5, T=9, top=12.0, noise=1.5)
@@ -84,7 +98,7 @@ def test_trajectory_distance_matches_reference():
     assert su.max() != sv.max()
     d = F.trajectory_distance(Pu, su, Pv, sv, n_points=21)
     assert d.shape == ()
-    assert float(d) == pytest.approx(R.trajectory_distance(Pu, su, Pv, sv, n_points=21), rel=1e-9)
+    assert float(d) == pytest.approx(plain_trajectory_distance(Pu, su, Pv, sv, 21), rel=1e-9)
     assert float(d) > 0
     rev = F.trajectory_distance(Pv, sv, Pu, su, n_points=21)
     assert float(rev) == pytest.approx(float(d), rel=1e-12)
@@ -107,6 +121,59 @@ def test_trajectory_distance_of_a_run_with_itself_and_with_a_faster_copy_is_zero
     assert float(F.trajectory_distance(slow, s_slow, fast, s_fast)) <= 1e-9
     # while comparing step by step would not be zero
     assert R.bhattacharyya(slow[:6], fast).diagonal()[1:].min() > 1e-3
+
+
+def test_trajectory_distances_matrix_is_every_pair_and_does_not_depend_on_other_runs():
+    runs = [run(seed, T=5 + seed % 3, top=6.0 + seed) for seed in range(20, 24)]
+    y = runs[0][1]
+    Ps = [P for P, _ in runs]
+    ss = [R.as_np(F.progress(P, y)) for P in Ps]
+    D = TR.trajectory_distances(Ps, ss, n_points=15)
+    assert D.shape == (4, 4)
+    assert D.dtype == torch.float64
+    assert bool((D == D.T).all())
+    assert bool((D.diagonal() == 0).all())
+    for i in range(4):
+        for j in range(i + 1, 4):
+            plain = plain_trajectory_distance(Ps[i], ss[i], Ps[j], ss[j], 15)
+            assert float(D[i, j]) == pytest.approx(plain, rel=1e-9)
+    # a pair's distance is the same inside a bigger batch
+    sub = TR.trajectory_distances(Ps[1:3], ss[1:3], n_points=15)
+    assert float(sub[0, 1]) == pytest.approx(float(D[1, 2]), rel=1e-12)
+    with pytest.raises(ValueError, match="runs 0 and 1 share no progress range"):
+        TR.trajectory_distances(
+            Ps[:2], [np.linspace(0, 0.2, len(Ps[0])), np.linspace(0.3, 0.5, len(Ps[1]))]
+        )
+    with pytest.raises(ValueError, match="progress_runs"):
+        TR.trajectory_distances(Ps[:2], ss[:1])
+
+
+def test_first_crossing_rule_for_non_monotone_progress():
+    # progress 0.1 -> 0.5 -> 0.3 -> 0.7: s = 0.4 is crossed first on segment 0 (going up),
+    # again on segment 1 (down) and 2 (up); the first crossing is used, which above the start
+    # is also the model where the running maximum first reaches s.
+    P, _ = run(30, T=4)
+    prog = np.array([0.1, 0.5, 0.3, 0.7])
+    out, valid = F.reindex_by_progress(P, prog, np.array([0.4, 0.6]))
+    assert bool(valid.all())
+    first = R.geodesic_point(P[0], P[1], (0.4 - 0.1) / 0.4)
+    np.testing.assert_allclose(R.as_np(out[0]), first, atol=1e-12)
+    np.testing.assert_allclose(R.as_np(out[1]), R.geodesic_point(P[2], P[3], 0.75), atol=1e-12)
+    running_max = np.maximum.accumulate(prog)
+    assert np.argmax(running_max >= 0.4) == 1  # first reached between snapshots 0 and 1
+
+
+def test_riemann_length_is_the_sum_of_consecutive_geodesic_distances():
+    P, _ = run(31, T=6)
+    plain = sum(
+        np.mean(np.arccos(np.clip(np.sqrt(P[k] * P[k + 1]).sum(-1), 0, 1))) for k in range(5)
+    )
+    assert float(TR.riemann_length(P)) == pytest.approx(plain, rel=1e-12)
+    y = np.random.default_rng(6).integers(0, C, N)
+    geo = R.ignorance_truth_points(y, C, np.linspace(0.0, 1.0, 7))
+    # along the geodesic the length is additive: the same as from end to end
+    end_to_end = np.mean(np.arccos(np.clip(np.sqrt(geo[0] * geo[-1]).sum(-1), 0, 1)))
+    assert float(TR.riemann_length(geo)) == pytest.approx(end_to_end, rel=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -314,9 +314,10 @@ def test_fewer_dimensions(k: int, n_views: int) -> None:
     assert {t.type for t in plotly_fig.data} == ({"scatter3d"} if k >= 3 else {"scatter"})
 
 
-def test_empty_live_run_and_nan_truth(frame: ManifoldFrame) -> None:
+def _without_live_run(frame: ManifoldFrame, **changes: object) -> ManifoldFrame:
+    """``frame`` with no live snapshot (and any other ``changes``)."""
     k = frame.live_coords.shape[1]
-    empty = dataclasses.replace(
+    return dataclasses.replace(
         frame,
         live_coords=np.zeros((0, k)),
         live_steps=np.zeros(0, dtype=np.int64),
@@ -324,8 +325,12 @@ def test_empty_live_run_and_nan_truth(frame: ManifoldFrame) -> None:
         live_error=np.zeros(0),
         live_geodesic_distance=np.zeros(0),
         live_reference_distance=np.zeros(0),
-        truth=np.full(k, np.nan),
+        **changes,
     )
+
+
+def test_empty_live_run_and_nan_truth(frame: ManifoldFrame) -> None:
+    empty = _without_live_run(frame, truth=np.full(frame.live_coords.shape[1], np.nan))
     for name, (make, _) in EXPECTED.items():
         texts = _texts(make(empty, dpi=DPI))
         assert not _has(texts["legend"], "truth"), name
@@ -363,12 +368,44 @@ def test_check_frame_names_the_field(frame: ManifoldFrame) -> None:
         plots.spectrum_figure({"probe": "train"})  # type: ignore[arg-type]
 
 
-def test_many_reference_runs_collapse_in_legend() -> None:
-    frame = make_frame(n_ref_runs=12, snapshots_per_run=5, n_live=5)
+def test_twenty_reference_runs_are_named_and_more_collapse_in_legend() -> None:
+    frame = make_frame(n_ref_runs=20, snapshots_per_run=3, n_live=5)
     texts = _texts(plots.manifold_figure(frame, dpi=DPI))
-    assert _has(texts["legend"], "reference (12 runs)")
+    assert _has(texts["legend"], "baseline-3")
+    assert _has(texts["legend"], "baseline-19")
+    assert len(set(plots.run_colors(20))) == 20
+    frame = make_frame(n_ref_runs=25, snapshots_per_run=3, n_live=5)
+    texts = _texts(plots.manifold_figure(frame, dpi=DPI))
+    assert _has(texts["legend"], "reference (25 runs)")
     assert not _has(texts["legend"], "baseline-3")
-    assert len(set(plots.run_colors(12))) == 12
+
+
+def test_runs_with_groups_are_coloured_and_keyed_by_group() -> None:
+    frame = _without_live_run(make_frame(n_ref_runs=6, snapshots_per_run=3, n_live=5))
+    frame.ref_run_groups = ["sgd", "sgd", "sgd", "adam", "adam", "adam"]
+    fig = plots.manifold_figure(frame, dpi=DPI)
+    texts = _texts(fig)
+    assert _has(texts["legend"], "sgd")
+    assert _has(texts["legend"], "adam")
+    assert not _has(texts["legend"], "baseline-1")
+    colors = {name: color for _, name, color, _ in plots._ref_runs(frame)}
+    assert len({colors[f"baseline-{i}"] for i in range(3)}) == 1
+    assert colors["baseline-0"] != colors["baseline-3"]
+    # no live run: colour does not mean progress, so no colour bar
+    assert not [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_png_and_html_use_the_same_markers(frame: ManifoldFrame) -> None:
+    pytest.importorskip("plotly")
+    fig = plots.manifold_plotly(frame)
+    by_name = {t.name: t for t in fig.data}
+    assert by_name["truth P*"].marker.symbol == plots.TRUTH_MARKER["plotly"] == "diamond"
+    latest = next(t for t in fig.data if t.name.startswith("latest"))
+    assert latest.marker.symbol == plots.LATEST_MARKER["plotly"] == "circle-open"
+    assert plots.TRUTH_MARKER["matplotlib"] == "D"  # a diamond in the PNG too
+    handles = plots._manifold_handles(frame)
+    truth = next(h for h in handles if "truth" in h.get_label())
+    assert truth.get_marker() == "D"
 
 
 def test_manifold_plotly_hover(frame: ManifoldFrame) -> None:

@@ -3,11 +3,19 @@
 Thesis eq. 2.2.5 and the text before it: two runs are compared at equal *progress*, not at
 equal step, by interpolating each trajectory geodesically (eq. 2.2.3) between consecutive
 snapshots.
+
+Re-indexing rule for runs whose progress is not monotone: **first crossing**. A progress value
+s is taken from the first pair of consecutive snapshots whose progress interval contains s,
+i.e. the first time the run gets that far; later dips below s and re-crossings are ignored.
+For values above the starting progress this is the same model as re-indexing the running
+maximum of progress; values below the start are covered only if the run dips to them, by the
+first downward crossing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -16,7 +24,13 @@ from lightning_manifold.functional._checks import ArrayLike, as_tensor, check_pr
 from lightning_manifold.functional.distances import bhattacharyya_coefficients
 from lightning_manifold.functional.geodesic import _slerp_weights
 
-__all__ = ["reindex_by_progress", "trajectory_distance", "tube_width"]
+__all__ = [
+    "reindex_by_progress",
+    "riemann_length",
+    "trajectory_distance",
+    "trajectory_distances",
+    "tube_width",
+]
 
 
 def _check_trajectory(
@@ -35,6 +49,41 @@ def _check_trajectory(
     return P3, s
 
 
+class _SqrtTrajectory:
+    """A validated trajectory in sqrt-probability space with the angle of every segment,
+    computed once so that any number of progress values are re-indexed by gathers only."""
+
+    def __init__(self, P: Tensor, s: Tensor) -> None:
+        self.A = P.sqrt()  # (T, N, C) on the unit sphere of each sample
+        self.s = s  # (T,) float64
+        # (T-1, N) angle between consecutive snapshots, eq. 2.2.3
+        self.theta = (self.A[:-1] * self.A[1:]).sum(-1).clamp(0, 1).arccos()
+        self.lo = torch.minimum(s[:-1], s[1:])
+        self.hi = torch.maximum(s[:-1], s[1:])
+
+    def at(self, g: Tensor) -> tuple[Tensor, Tensor]:
+        """(S, N, C) unit sqrt-probabilities at progress values ``g`` (NaN where not
+        covered) and (S,) bool coverage."""
+        A, s = self.A, self.s
+        out = torch.full((g.shape[0], *A.shape[1:]), math.nan, dtype=A.dtype, device=A.device)
+        if A.shape[0] == 1:
+            hit = g == s[0]
+            out[hit] = A[0]
+            return out, hit
+        covers = (g[:, None] >= self.lo[None, :]) & (g[:, None] <= self.hi[None, :])  # (S, T-1)
+        valid = covers.any(1)
+        seg = torch.argmax(covers.to(torch.int8), dim=1)  # first covering segment
+        idx = valid.nonzero().squeeze(-1)
+        if idx.numel():
+            k = seg[idx]
+            span = s[k + 1] - s[k]
+            alpha = torch.where(span != 0, (g[idx] - s[k]) / torch.where(span != 0, span, 1.0), 0)
+            w0, w1 = _slerp_weights(self.theta[k], alpha.to(A.dtype)[:, None])
+            x = w0[..., None] * A[k] + w1[..., None] * A[k + 1]
+            out[idx] = x / x.norm(dim=-1, keepdim=True)  # back on the sphere against rounding
+        return out, valid
+
+
 def reindex_by_progress(
     P: ArrayLike, progress: ArrayLike, grid: ArrayLike
 ) -> tuple[Tensor, Tensor]:
@@ -42,8 +91,8 @@ def reindex_by_progress(
 
     For a grid value s between the progress of consecutive snapshots k and k+1, the model is
     the geodesic point (eq. 2.2.3) between them at ``α = (s - s_k) / (s_{k+1} - s_k)``. When
-    progress is not monotone the first segment that reaches s is used (the first time the run
-    gets that far).
+    progress is not monotone the *first crossing* is used: the first segment that reaches s
+    (see the module docstring). Vectorised over the grid: one gather per snapshot pair.
 
     Args:
         P: (T, N, C) probabilities of the snapshots in training order.
@@ -56,30 +105,117 @@ def reindex_by_progress(
     """
     P3, s = _check_trajectory(P, progress, "P", "progress")
     g = as_tensor(grid, "grid").to(device=P3.device, dtype=torch.float64).reshape(-1)
-    T = P3.shape[0]
-    dtype = P3.dtype
-    out = torch.full((g.shape[0], *P3.shape[1:]), math.nan, dtype=dtype, device=P3.device)
-    valid = torch.zeros(g.shape[0], dtype=torch.bool, device=P3.device)
-    if T == 1:
+    if P3.shape[0] == 1:  # the snapshot itself, bit for bit, at its own progress only
         hit = g == s[0]
+        out = torch.full((g.shape[0], *P3.shape[1:]), math.nan, dtype=P3.dtype, device=P3.device)
         out[hit] = P3[0]
         return out, hit
-    lo = torch.minimum(s[:-1], s[1:])
-    hi = torch.maximum(s[:-1], s[1:])
-    covers = (g[:, None] >= lo[None, :]) & (g[:, None] <= hi[None, :])  # (S, T-1)
-    valid = covers.any(1)
-    seg = torch.argmax(covers.to(torch.int8), dim=1)  # first covering segment
-    idx = valid.nonzero().squeeze(-1)
-    if idx.numel():
-        k = seg[idx]
-        span = s[k + 1] - s[k]
-        alpha = torch.where(span != 0, (g[idx] - s[k]) / torch.where(span != 0, span, 1.0), 0.0)
-        A, B = P3[k].sqrt(), P3[k + 1].sqrt()  # (n, N, C)
-        theta = (A * B).sum(-1).clamp(0, 1).arccos()  # (n, N)
-        w0, w1 = _slerp_weights(theta, alpha.to(dtype)[:, None])
-        pts = (w0[..., None] * A + w1[..., None] * B).square()
-        out[idx] = pts / pts.sum(-1, keepdim=True)
-    return out, valid
+    x, valid = _SqrtTrajectory(P3, s).at(g)
+    return x.square(), valid
+
+
+def _check_runs(
+    P_runs: Sequence[ArrayLike], progress_runs: Sequence[ArrayLike]
+) -> list[_SqrtTrajectory]:
+    if len(P_runs) != len(progress_runs):
+        raise ValueError(
+            f"`progress_runs` must hold one (T,) array per run ({len(P_runs)}), "
+            f"got {len(progress_runs)}"
+        )
+    runs = []
+    for i, (P, s) in enumerate(zip(P_runs, progress_runs)):
+        P3, s3 = _check_trajectory(P, s, f"P_runs[{i}]", f"progress_runs[{i}]")
+        if runs and P3.shape[1:] != runs[0].A.shape[1:]:
+            raise ValueError(
+                f"`P_runs[{i}]` must have the same (N, C) = {tuple(runs[0].A.shape[1:])} as "
+                f"`P_runs[0]`, got {tuple(P3.shape[1:])}"
+            )
+        if runs:
+            P3 = P3.to(device=runs[0].A.device, dtype=runs[0].A.dtype)
+            s3 = s3.to(runs[0].s.device)
+        runs.append(_SqrtTrajectory(P3, s3))
+    return runs
+
+
+def _neg_log_mean(bc: Tensor) -> Tensor:
+    """``-mean_n log BC``: (N, ...) Bhattacharyya coefficients -> (...) distances d_B."""
+    return -bc.clamp(0, 1).log().mean(0)
+
+
+def trajectory_distances(
+    P_runs: Sequence[ArrayLike],
+    progress_runs: Sequence[ArrayLike],
+    *,
+    n_points: int = 100,
+    chunk: int = 16,
+) -> Tensor:
+    """Distances between every pair of trajectories at equal progress (eq. 2.2.5), batched.
+
+    For runs u, v with shared progress range [lo, hi] (the overlap of the ranges each visited):
+    ``(1 / (hi - lo)) ∫_lo^hi d_B(P_u(s), P_v(s)) ds`` by the trapezoidal rule on the nodes
+    ``lo``, every value of the fixed grid ``linspace(0, 1, n_points)`` strictly inside
+    (lo, hi), and ``hi``. Dividing by the length keeps runs that do not reach progress 1
+    comparable; for runs covering [0, 1] this is eq. 2.2.5 on ``n_points`` equal steps. The
+    fixed grid makes a pair's distance independent of the other runs.
+
+    Every run is re-indexed once on the grid (:func:`reindex_by_progress`); the Bhattacharyya
+    coefficients of all pairs at equal progress are batched GEMMs of shape (R, C) x (C, R),
+    one per (progress value, sample).
+
+    Args:
+        P_runs: R trajectories, each (T_r, N, C) probabilities (same N, C).
+        progress_runs: R arrays (T_r,) of their progress (eq. 2.2.4).
+        n_points: number of values of the fixed progress grid (>= 2).
+        chunk: progress values per batched GEMM (bounds memory to chunk * N * R * R).
+
+    Returns:
+        (R, R) symmetric distances (float64), zero diagonal.
+
+    Raises:
+        ValueError: bad shapes, or two runs that share no progress range (names their index).
+    """
+    if not isinstance(n_points, int) or isinstance(n_points, bool) or n_points < 2:
+        raise ValueError(f"`n_points` must be an integer >= 2, got {n_points!r}")
+    runs = _check_runs(P_runs, progress_runs)
+    R = len(runs)
+    if R == 0:
+        raise ValueError("`P_runs` must hold at least one trajectory")
+    device = runs[0].A.device
+    f64 = torch.float64
+    rng = torch.tensor([[float(r.s.min()), float(r.s.max())] for r in runs], dtype=f64)
+    lo = torch.maximum(rng[:, None, 0], rng[None, :, 0])  # (R, R)
+    hi = torch.minimum(rng[:, None, 1], rng[None, :, 1])
+    for i in range(R):
+        for j in range(i + 1, R):
+            if hi[i, j] <= lo[i, j]:
+                raise ValueError(
+                    f"runs {i} and {j} share no progress range: run {i} covers "
+                    f"[{float(rng[i, 0]):.3g}, {float(rng[i, 1]):.3g}], run {j} covers "
+                    f"[{float(rng[j, 0]):.3g}, {float(rng[j, 1]):.3g}]"
+                )
+    grid = torch.linspace(0.0, 1.0, n_points, dtype=f64)
+    # d_B at equal progress on the fixed grid: (S, R, R), NaN where a run is not there
+    d_grid = torch.empty((n_points, R, R), dtype=f64)
+    for a in range(0, n_points, chunk):
+        g = grid[a : a + chunk].to(device)
+        x = torch.stack([r.at(g)[0] for r in runs], dim=2)  # (s, N, R, C)
+        bc = torch.matmul(x, x.transpose(-1, -2))  # (s, N, R, R) batched GEMM
+        d_grid[a : a + chunk] = _neg_log_mean(bc.transpose(0, 1)).to(device="cpu", dtype=f64)
+    # d_B at each pair's two end points (not on the grid): every run at its 2(R-1) ends
+    ends = torch.stack([lo, hi], dim=-1)  # (R, R, 2)
+    at_ends = [r.at(ends[i].reshape(-1).to(device))[0].reshape(R, 2, -1, r.A.shape[-1])
+               for i, r in enumerate(runs)]  # fmt: skip
+    D = torch.zeros((R, R), dtype=f64)
+    for i in range(R):
+        for j in range(i + 1, R):
+            l, h = float(lo[i, j]), float(hi[i, j])
+            bc_ends = (at_ends[i][j] * at_ends[j][i]).sum(-1).transpose(0, 1)  # (N, 2)
+            d_ends = _neg_log_mean(bc_ends).to(device="cpu", dtype=f64)
+            inside = (grid > l) & (grid < h)
+            nodes = torch.cat([grid.new_tensor([l]), grid[inside], grid.new_tensor([h])])
+            values = torch.cat([d_ends[:1], d_grid[inside, i, j], d_ends[1:]])
+            D[i, j] = D[j, i] = torch.trapezoid(values, nodes) / (h - l)
+    return D.to(device)
 
 
 def trajectory_distance(
@@ -92,17 +228,16 @@ def trajectory_distance(
 ) -> Tensor:
     """Distance between two trajectories at equal progress (eq. 2.2.5).
 
-    ``∫ d_B(P_u(s), P_v(s)) ds`` over the progress range both runs visited, by the trapezoidal
-    rule on ``n_points`` values, divided by the length of that range (so runs that do not
-    reach progress 1 remain comparable; equal to eq. 2.2.5 when both cover [0, 1]).
+    The two-run case of :func:`trajectory_distances` (same quadrature): the mean of
+    ``d_B(P_u(s), P_v(s))`` over the progress range both runs visited.
 
     Args:
         P_u: (T_u, N, C) probabilities of run u; progress_u: (T_u,).
         P_v: (T_v, N, C) probabilities of run v; progress_v: (T_v,).
-        n_points: number of progress values (>= 2).
+        n_points: number of values of the fixed progress grid on [0, 1] (>= 2).
 
     Returns:
-        0-dim distance.
+        0-dim distance (float64).
 
     Raises:
         ValueError: if the runs share no progress range or the probes differ.
@@ -114,8 +249,6 @@ def trajectory_distance(
             f"`P_v` must have the same (N, C) = {tuple(Pu.shape[1:])} as `P_u`, "
             f"got {tuple(Pv.shape[1:])}"
         )
-    if not isinstance(n_points, int) or n_points < 2:
-        raise ValueError(f"`n_points` must be an integer >= 2, got {n_points!r}")
     lo = max(float(su.min()), float(sv.min()))
     hi = min(float(su.max()), float(sv.max()))
     if hi <= lo:
@@ -123,12 +256,27 @@ def trajectory_distance(
             f"the trajectories share no progress range: u covers [{float(su.min()):.3g}, "
             f"{float(su.max()):.3g}], v covers [{float(sv.min()):.3g}, {float(sv.max()):.3g}]"
         )
-    grid = torch.linspace(lo, hi, n_points, dtype=torch.float64, device=Pu.device)
-    A, _ = reindex_by_progress(Pu, su, grid)
-    B, _ = reindex_by_progress(Pv, sv, grid)
-    B = B.to(device=A.device, dtype=A.dtype)
-    d = -bhattacharyya_coefficients(A, B).log().mean(-1)  # (S,) d_B at equal progress
-    return torch.trapezoid(d, grid.to(d.dtype)) / (hi - lo)
+    return trajectory_distances([Pu, Pv], [su, sv], n_points=n_points)[0, 1]
+
+
+def riemann_length(P: ArrayLike) -> Tensor:
+    """Riemann (arc) length of a trajectory on the product of spheres.
+
+    ``Σ_k d_G(P_k, P_{k+1})`` with the geodesic distance of eq. 2.5.4 (mean over samples of
+    the angle between consecutive sqrt-probability vectors): the length of the piecewise
+    geodesic path through the snapshots.
+
+    Args:
+        P: (T, N, C) probabilities in training order.
+
+    Returns:
+        0-dim length in radians per sample (float64).
+    """
+    P3, single = check_probabilities(P, "P")
+    if single:
+        raise ValueError("`P` must be a (T, N, C) trajectory, got one (N, C) model")
+    A = P3.to(torch.float64).sqrt()
+    return (A[:-1] * A[1:]).sum(-1).clamp(0, 1).arccos().mean(-1).sum()
 
 
 def tube_width(P_runs: ArrayLike) -> Tensor:
