@@ -41,8 +41,13 @@ from _synthetic import (
     train_run,
 )
 
-from lightning_manifold import OnlineManifold, ReferenceEmbedding, Schedule, TrajectoryStore
-from lightning_manifold import analysis as cli
+from lightning_manifold import (
+    OnlineManifold,
+    ReferenceEmbedding,
+    Schedule,
+    TrajectoryStore,
+    analysis,
+)
 from lightning_manifold.online import OnlineResult
 
 #: the two architectures (depth, width)
@@ -116,7 +121,7 @@ def _against_reference(store: TrajectoryStore, reference: ReferenceEmbedding) ->
 def _replay(store: TrajectoryStore, reference: ReferenceEmbedding) -> list[OnlineResult]:
     """Every valid snapshot of ``store`` placed on ``reference``."""
     online = OnlineManifold(store.labels, store.num_classes, reference=reference, probe="train")
-    results = (online.update(s) for s in cli.snapshots_from_store(store))
+    results = (online.update(s) for s in analysis.snapshots_from_store(store))
     return [r for r in results if r is not None]
 
 
@@ -159,9 +164,9 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
 
 def _compare(root: Path, out: Path, reference: ReferenceEmbedding | None) -> dict[str, Path]:
     """The comparison of ``lightning-manifold compare`` and ``embed``, printed and written."""
-    stores = cli.resolve_stores([root], "train", require_valid=2)
-    names = cli.run_names(stores)
-    comparison = cli.compare_stores(stores, names=names)
+    stores = analysis.resolve_stores([root], "train", require_valid=2)
+    names = analysis.run_names(stores)
+    comparison = analysis.compare_stores(stores, names=names)
     written = {f"compare_{k}": v for k, v in comparison.write(out / "compare").items()}
     left, right = comparison.top_split
     print("trajectory distances (eq. 2.2.5), average-linkage dendrogram, top split:")
@@ -169,24 +174,26 @@ def _compare(root: Path, out: Path, reference: ReferenceEmbedding | None) -> dic
     for group, width in comparison.mean_tube_width().items():
         print(f"  tube width across seeds of {group}: {width:.4f}")
 
-    joint = cli.embed_stores(stores, names, n_components=10)
-    stress = cli.explained_stress_summary(joint)
+    joint = analysis.embed_stores(stores, names, n_components=10)
+    stress = analysis.explained_stress_summary(joint)
     print(
         f"\njoint InPCA of {joint.num_models} models (+ ignorance, geodesic, truth): explained "
         "stress " + ", ".join(f"top {d}: {v:.1%}" for d, v in stress.items())
     )
-    figures = cli.write_figures(cli.embedding_frame(joint), out / "embedding", stem="embedding")
-    header, rows = cli.coordinate_rows(joint)
-    cli.write_csv(out / "embedding" / "coordinates.csv", header, rows)
+    figures = analysis.write_figures(
+        analysis.embedding_frame(joint), out / "embedding", stem="embedding"
+    )
+    header, rows = analysis.coordinate_rows(joint)
+    analysis.write_csv(out / "embedding" / "coordinates.csv", header, rows)
     written.update({f"embedding_{k}": v for k, v in figures.items()})
     if reference is not None:  # the last run, projected onto the reference map
-        frame = cli.run_frame(
+        frame = analysis.run_frame(
             stores[-1], reference=reference, title=f"{names[-1]} on the reference"
         )
         written.update(
             {
                 f"projected_{k}": v
-                for k, v in cli.write_figures(frame, out, stem="projected").items()
+                for k, v in analysis.write_figures(frame, out, stem="projected").items()
             }
         )
     for key, path in written.items():

@@ -41,7 +41,7 @@ from _synthetic import SyntheticTask, make_task, torch_threads, warm_up_batchnor
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_manifold import ImprintedProbe, ManifoldCallback, ProbeSet, Schedule, cli
+from lightning_manifold import ImprintedProbe, ManifoldCallback, ProbeSet, Schedule, analysis
 from lightning_manifold import functional as F
 from lightning_manifold.store import TrajectoryStore
 
@@ -396,17 +396,17 @@ def analyse(root: Path, out: Path, settings: Settings) -> list[str]:
 
     # Result 1: one low-dimensional map
     union = [s for m in METHODS for s in stores[m]]
-    names = cli.run_names(union)
-    joint = cli.embed_stores(union, names, n_components=10)
-    stress = cli.explained_stress_summary(joint)
+    names = analysis.run_names(union)
+    joint = analysis.embed_stores(union, names, n_components=10)
+    stress = analysis.explained_stress_summary(joint)
     findings.append(
         f"joint InPCA of {joint.num_models} imprinted models: explained stress "
         + ", ".join(f"top {k}: {v:.1%}" for k, v in stress.items())
         + " (the thesis: 80% in the top 3 for 2430 ImageNet models)"
     )
     out.mkdir(parents=True, exist_ok=True)
-    cli.write_figures(cli.embedding_frame(joint, title="imprinted onto the 10-class task"),
-                      out, stem="map")  # fmt: skip
+    frame = analysis.embedding_frame(joint, title="imprinted onto the 10-class task")
+    analysis.write_figures(frame, out, stem="map")
     _chapter_figure(stores, ratios, out / "chapter3.png")
     return findings
 

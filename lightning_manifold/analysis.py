@@ -986,7 +986,7 @@ def relative_speed_figure(
 
 def riemann_lengths(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     """Riemann length of each run's path through its snapshots (``riemann_length``)."""
-    return {t.name: float(TR.riemann_length(t.probs)) for t in trajectories}
+    return {t.name: float(F.riemann_length(t.probs)) for t in trajectories}
 
 
 @dataclass
@@ -1366,7 +1366,7 @@ class Runs:
         return relative_speed(self.trajectories, reference, n_points=n_points)
 
     def riemann_lengths(self) -> dict[str, float]:
-        """Riemann length of each run (``functional.trajectory.riemann_length``)."""
+        """Riemann length of each run (``functional.riemann_length``)."""
         return riemann_lengths(self.trajectories)
 
     def compare(

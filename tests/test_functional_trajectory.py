@@ -168,12 +168,12 @@ def test_riemann_length_is_the_sum_of_consecutive_geodesic_distances():
     plain = sum(
         np.mean(np.arccos(np.clip(np.sqrt(P[k] * P[k + 1]).sum(-1), 0, 1))) for k in range(5)
     )
-    assert float(TR.riemann_length(P)) == pytest.approx(plain, rel=1e-12)
+    assert float(F.riemann_length(P)) == pytest.approx(plain, rel=1e-12)
     y = np.random.default_rng(6).integers(0, C, N)
     geo = R.ignorance_truth_points(y, C, np.linspace(0.0, 1.0, 7))
     # along the geodesic the length is additive: the same as from end to end
     end_to_end = np.mean(np.arccos(np.clip(np.sqrt(geo[0] * geo[-1]).sum(-1), 0, 1)))
-    assert float(TR.riemann_length(geo)) == pytest.approx(end_to_end, rel=1e-9)
+    assert float(F.riemann_length(geo)) == pytest.approx(end_to_end, rel=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,7 @@ from lightning_manifold.functional.random_projection import (
 from lightning_manifold.functional.trajectory import (
     reindex_by_progress,
     trajectory_distance,
+    trajectory_distances,
     tube_width,
 )
 from lightning_manifold.functional.tubes import (
@@ -160,6 +161,7 @@ __all__ = [
     "symmetric_kl_from_log_probs",
     "time_like",
     "trajectory_distance",
+    "trajectory_distances",
     "truth",
     "tube_radius",
     "tube_width",

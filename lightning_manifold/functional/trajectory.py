@@ -26,7 +26,6 @@ from lightning_manifold.functional.geodesic import _slerp_weights
 
 __all__ = [
     "reindex_by_progress",
-    "riemann_length",
     "trajectory_distance",
     "trajectory_distances",
     "tube_width",
@@ -257,26 +256,6 @@ def trajectory_distance(
             f"{float(su.max()):.3g}], v covers [{float(sv.min()):.3g}, {float(sv.max()):.3g}]"
         )
     return trajectory_distances([Pu, Pv], [su, sv], n_points=n_points)[0, 1]
-
-
-def riemann_length(P: ArrayLike) -> Tensor:
-    """Riemann (arc) length of a trajectory on the product of spheres.
-
-    ``Σ_k d_G(P_k, P_{k+1})`` with the geodesic distance of eq. 2.5.4 (mean over samples of
-    the angle between consecutive sqrt-probability vectors): the length of the piecewise
-    geodesic path through the snapshots.
-
-    Args:
-        P: (T, N, C) probabilities in training order.
-
-    Returns:
-        0-dim length in radians per sample (float64).
-    """
-    P3, single = check_probabilities(P, "P")
-    if single:
-        raise ValueError("`P` must be a (T, N, C) trajectory, got one (N, C) model")
-    A = P3.to(torch.float64).sqrt()
-    return (A[:-1] * A[1:]).sum(-1).clamp(0, 1).arccos().mean(-1).sum()
 
 
 def tube_width(P_runs: ArrayLike) -> Tensor:
