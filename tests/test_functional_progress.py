@@ -250,6 +250,43 @@ def test_progress_is_solved_to_its_tolerance(kind):
         np.testing.assert_allclose(R.as_np(got), expected, rtol=0, atol=2 * SOLVER_TOL)
 
 
+def flat_minimum_logits(seed: int, m: int = 6, n: int = 601, c: int = 10):
+    """(m, n, c) logits of confident, well-trained-like models with flat, kinked minima.
+
+    Each sample gets a margin on its label (most of them large: many samples near the truth
+    end) over wrong classes that are equal (models 0, 2, 4: samples exactly on the
+    ignorance/truth plane, where the objective is a sum of cusps) or equal up to 1e-3; 1-2%
+    of samples are confidently wrong. n is odd: the minimiser is unique even with only cusps.
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    out = np.empty((m, n, c))
+    for i in range(m):
+        target = y.copy()
+        wrong = rng.random(n) < 0.01 * (1 + i % 2)
+        target[wrong] = (y[wrong] + rng.integers(1, c, wrong.sum())) % c
+        margin = (4.0 + 2 * i) + 0.5 * rng.standard_normal(n)
+        out[i] = (0.0, 1e-3)[i % 2] * rng.standard_normal((n, c))
+        out[i, np.arange(n), target] += margin
+    return out, y
+
+
+def test_progress_is_solved_to_its_tolerance_on_flat_minima():
+    # Confident models: many samples on (or within 1e-3 of) their cusps near the truth end.
+    # Newton's predicted error is no bound there; the certificate on the slope signs is.
+    lg, y = flat_minimum_logits(seed=3)
+    L = torch.log_softmax(torch.from_numpy(lg), -1)
+    expected = R.progress_by_slope_bisection(np.exp(R.as_np(L)), y)
+    assert expected.min() > 0.5 and expected.max() < 1  # interior minima near the truth
+    # PROGRESS_TOLERANCE, with 1% for the rounding of the reference's own slopes
+    tol = 1.01 * SOLVER_TOL
+    for got in (F.progress_from_log_probs(L, y), F.progress(L.exp(), y)):
+        np.testing.assert_allclose(R.as_np(got), expected, rtol=0, atol=tol)
+    # the same models in a batch with others, and alone
+    single = F.progress_from_log_probs(L[3], y)
+    assert abs(float(single) - expected[3]) <= tol
+
+
 def test_many_models_in_blocks_match_one_by_one_and_reference():
     rng = np.random.default_rng(15)
     Nn = 16
