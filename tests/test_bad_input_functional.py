@@ -156,7 +156,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("call,match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("call", "match"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_raises_naming_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match) as info:
         call()
@@ -185,4 +185,4 @@ def test_integer_counts_from_numpy_are_accepted():
     P0 = F.ignorance(np.int64(5), np.int32(3), dtype=torch.float32)
     assert P0.shape == (5, 3)
     assert P0.dtype == torch.float32
-    assert bool((P0 == torch.tensor(1 / 3, dtype=torch.float32)).all())
+    assert bool((torch.tensor(1 / 3, dtype=torch.float32) == P0).all())
