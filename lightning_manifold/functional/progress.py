@@ -47,7 +47,10 @@ __all__ = [
 ]
 
 #: How closely progress (in units of θ, the angle from ignorance to truth) is solved for:
-#: results of the same model computed alone or in a batch may differ by up to this much.
+#: every float64 result is within this of a minimiser of the float64 objective, certified by
+#: the signs of its slope on both sides (so also where the minimum is flat); results of the
+#: same model alone or in a batch may differ by up to twice this. Float32 results are that
+#: value rounded to float32.
 PROGRESS_TOLERANCE = 1e-9
 _MAX_ITER = 200
 # Relative margin within which the wrong classes' spread is recomputed as a sum of squares.
@@ -437,7 +440,7 @@ def _solve(
 
     Starts at the angle of the mean sample vector in the plane (the minimiser of the objective
     linearised around R cos(t - φ) = 1), typically 0.03 from the minimum; :func:`_newton`
-    finishes to ``PROGRESS_TOLERANCE`` (typically two float32 Newton steps and a chord step,
+    and :func:`_certify` finish to ``PROGRESS_TOLERANCE`` (typically two float32 Newton steps and a chord step,
     then one float64 Newton step).
 
     Args:
