@@ -440,8 +440,8 @@ def _solve(
 
     Starts at the angle of the mean sample vector in the plane (the minimiser of the objective
     linearised around R cos(t - φ) = 1), typically 0.03 from the minimum; :func:`_newton`
-    and :func:`_certify` finish to ``PROGRESS_TOLERANCE`` (typically two float32 Newton steps and a chord step,
-    then one float64 Newton step).
+    and :func:`_certify` finish to ``PROGRESS_TOLERANCE`` (typically two float32 Newton
+    steps and a chord step, one float64 Newton step, then two float64 slopes).
 
     Args:
         xy: (B, 2, N), q: (B, N) float64 plane coordinates (:func:`_plane_coordinates`).
