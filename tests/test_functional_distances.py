@@ -166,18 +166,18 @@ def _bhattacharyya_log(P):
     return F.bhattacharyya_from_log_probs(P.log())
 
 
+PAIRWISE = {
+    "bhattacharyya": F.bhattacharyya,
+    "geodesic": F.geodesic_distance,
+    "skl": F.symmetric_kl,
+    "bhattacharyya_log": _bhattacharyya_log,
+    "bhattacharyya_sqrt": lambda P: F.bhattacharyya_from_sqrt(P.sqrt()),
+    "skl_log": lambda P: F.symmetric_kl_from_log_probs(P.log()),
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "fn",
-    [
-        F.bhattacharyya,
-        F.geodesic_distance,
-        F.symmetric_kl,
-        _bhattacharyya_log,
-        lambda P: F.symmetric_kl_from_log_probs(P.log()),
-    ],
-    ids=["bhattacharyya", "geodesic", "skl", "bhattacharyya_log", "skl_log"],
-)
+@pytest.mark.parametrize("fn", list(PAIRWISE.values()), ids=list(PAIRWISE))
 def test_pairwise_matrices_symmetric_zero_diagonal_non_negative(fn, dtype):
     _, P, _ = models("trained", dtype, seed=4)
     P = torch.cat([P, P[:2]])  # duplicated models: off-diagonal zeros too
@@ -201,18 +201,7 @@ def test_pairwise_matrices_symmetric_zero_diagonal_non_negative(fn, dtype):
 # ----------------------------------------------------------------------------- d_G and sKL
 
 
-@pytest.mark.parametrize(
-    "fn",
-    [
-        F.bhattacharyya,
-        F.geodesic_distance,
-        F.symmetric_kl,
-        _bhattacharyya_log,
-        lambda P: F.bhattacharyya_from_sqrt(P.sqrt()),
-        lambda P: F.symmetric_kl_from_log_probs(P.log()),
-    ],
-    ids=["bhattacharyya", "geodesic", "skl", "bhattacharyya_log", "bhattacharyya_sqrt", "skl_log"],
-)
+@pytest.mark.parametrize("fn", list(PAIRWISE.values()), ids=list(PAIRWISE))
 def test_pairwise_matrices_are_exactly_symmetric_across_blocks(fn):
     # 9 models: one diagonal block; 230: diagonal and off-diagonal blocks of the kernel.
     for dtype in DTYPES:
