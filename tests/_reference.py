@@ -279,6 +279,52 @@ def progress(P, labels, weights=None, grid: int = 401) -> tuple[np.ndarray, np.n
     return prog, dist
 
 
+def progress_by_slope_bisection(P, labels, xtol: float = 1e-13) -> np.ndarray:
+    """Progress (eq. 2.2.4) by bisection on the sign of d/dα d_G(P, P^α_{0,*}), to ``xtol``.
+
+    Per sample, with unit vectors s = sqrt(p) (renormalised) and g(α) = (sin((1-α)θ) e0 +
+    sin(αθ) e*) / sin θ (eq. 2.2.3): d/dα arccos<s, g> = -<s, g'> / |s - <s, g> g|. The sine
+    is the length of the perpendicular part, so it keeps its precision where <s, g> is within
+    1e-16 of 1 (1 - <s, g>² does not); a sample exactly on its cusp contributes 0 (0 is in
+    its subgradient). The objective is convex, so the sign of the slope decides, and the
+    result does not depend on how flat the minimum is. Returns (m,).
+    """
+    P = as_np(P)
+    if P.ndim == 2:
+        P = P[None]
+    labels = np.asarray(labels)
+    m, N, C = P.shape
+    theta = math.acos(1 / math.sqrt(C))
+    e0 = np.full((N, C), 1 / math.sqrt(C))
+    e1 = np.eye(C)[labels]
+    out = np.empty(m)
+    for i in range(m):
+        s = np.sqrt(P[i])
+        s = s / np.linalg.norm(s, axis=1, keepdims=True)
+
+        def slope(a: float, s=s) -> float:
+            g = (math.sin((1 - a) * theta) * e0 + math.sin(a * theta) * e1) / math.sin(theta)
+            dg = theta * (-math.cos((1 - a) * theta) * e0 + math.cos(a * theta) * e1)
+            c = np.sum(s * g, 1)
+            sine = np.linalg.norm(s - c[:, None] * g, axis=1)
+            dc = np.sum(s * dg, 1) / math.sin(theta)
+            safe = np.where(sine > 0, sine, 1.0)
+            return float(np.mean(np.where(sine > 0, -dc / safe, 0.0)))
+
+        if slope(0.0) >= 0:
+            out[i] = 0.0
+            continue
+        if slope(1.0) <= 0:
+            out[i] = 1.0
+            continue
+        lo, hi = 0.0, 1.0
+        while hi - lo > xtol:
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+        out[i] = 0.5 * (lo + hi)
+    return out
+
+
 def progress_objective(P, labels, alphas, weights=None) -> np.ndarray:
     """d_G(P, P^α_{0,*}) for one (N, C) model at each α in ``alphas``."""
     P = as_np(P)

@@ -210,7 +210,10 @@ def test_save_load_round_trip(runs, tmp_path: Path):
     assert back.meta == {"lr": 0.5}
     assert back.total_stress == ref.total_stress
     assert back.num_classes == C
-    torch.testing.assert_close(back.project(lp1), ref.project(lp1), rtol=0, atol=0)
+    # Same values, but loaded arrays may differ in layout, and BLAS kernels round by layout.
+    got, want = back.project(lp1), ref.project(lp1)
+    tol = 64 * torch.finfo(want.dtype).eps
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
 
 
 @pytest.mark.parametrize(

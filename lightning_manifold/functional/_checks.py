@@ -6,6 +6,8 @@ and raises ``ValueError`` naming the argument, what was expected and what was gi
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -32,6 +34,44 @@ def as_tensor(x: ArrayLike, name: str, *, floating: bool = True) -> Tensor:
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
     return t
+
+
+def check_count(value: object, name: str, minimum: int) -> int:
+    """An integer (Python or numpy; not bool, not float) of at least ``minimum``."""
+    if not isinstance(value, bool):
+        try:
+            n = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        else:
+            if n >= minimum:
+                return n
+    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+
+
+def check_float_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
+    """A floating-point ``torch.dtype``: probabilities in an integer dtype would be all 0."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(
+            f"`{name}` must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}"
+        )
+    return dtype
+
+
+def check_device(device: object, name: str = "device") -> torch.device | None:
+    """None, or a device (or its name) that this machine has (tried with an empty tensor)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"`{name}` must be a device available on this machine (e.g. 'cpu'), got "
+            f"{device!r}: {first}"
+        ) from None
+    return dev
 
 
 def _batched(t: Tensor, name: str, what: str) -> tuple[Tensor, bool]:

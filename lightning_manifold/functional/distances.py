@@ -55,6 +55,14 @@ def _block_shape(m: int, k: int, N: int) -> tuple[int, int, int]:
     return a, b, n
 
 
+def _mirror_upper(D: Tensor) -> Tensor:
+    """The (m, m) matrix whose strict upper triangle is that of ``D``, mirrored below, with an
+    exactly zero diagonal: symmetric by construction, whatever the kernel did on the diagonal
+    blocks (a batched GEMM of a block with itself is not exactly symmetric on every BLAS)."""
+    upper = torch.triu(D, 1)
+    return upper + upper.T
+
+
 def _underflow_floor(dtype: torch.dtype) -> float:
     """A floor T with T * T still a normal float: products above it keep full precision."""
     return torch.finfo(dtype).tiny ** 0.49
@@ -109,7 +117,8 @@ def _pairwise_log_bc(
     """Σ_n log Σ_c S[u, n, c] T[v, n, c] for all pairs, blocked over models and samples.
 
     S: (m, N, C), T: (k, N, C) or None (pairs within S: only blocks on or above the diagonal
-    are computed, then mirrored). ``log_S``/``log_T``: the same as log-probabilities, when
+    are computed, then mirrored; the caller mirrors the upper triangle of the diagonal blocks
+    with :func:`_mirror_upper`). ``log_S``/``log_T``: the same as log-probabilities, when
     known, for exact log-domain sums where coefficients underflow. Returns (m, k).
     """
     symmetric = T is None
@@ -193,8 +202,7 @@ def bhattacharyya_from_sqrt(S: ArrayLike, T: ArrayLike | None = None) -> Tensor:
         )
     N = S3.shape[1]
     if T is None:
-        D = _pairwise_log_bc(S3, None).div_(-N).clamp_min_(0)
-        D.fill_diagonal_(0)
+        D = _mirror_upper(_pairwise_log_bc(S3, None).div_(-N).clamp_min_(0))
         return D[0, 0] if s_single else D
     T_t = as_tensor(T, "T")
     T3, t_single = (T_t.unsqueeze(0), True) if T_t.ndim == 2 else (T_t, False)
@@ -258,8 +266,7 @@ def bhattacharyya_from_log_probs(log_P: ArrayLike, log_Q: ArrayLike | None = Non
     S = (0.5 * L3).exp()
     N = L3.shape[1]
     if log_Q is None:
-        D = _pairwise_log_bc(S, None, L3, None).div_(-N).clamp_min_(0)
-        D.fill_diagonal_(0)
+        D = _mirror_upper(_pairwise_log_bc(S, None, L3, None).div_(-N).clamp_min_(0))
         return (D[0, 0] if p_single else D).to(out_dtype)
     M3, q_single = check_log_probabilities(log_Q, "log_Q")
     check_same_space(L3, M3, "log_P", "log_Q")
@@ -320,9 +327,8 @@ def geodesic_distance(P: ArrayLike, Q: ArrayLike | None = None) -> Tensor:
             out[i0:i1, j0:j1] = acc / N
             if symmetric and j0 != i0:
                 out[j0:j1, i0:i1] = out[i0:i1, j0:j1].T
-    if symmetric:
-        # Diagonal blocks came from one GEMM each: symmetrise them exactly.
-        out = torch.triu(out, 1) + torch.triu(out, 1).T
+    if symmetric:  # diagonal blocks came from one GEMM each: mirror their upper triangles
+        out = _mirror_upper(out)
     return _squeeze(out, p_single, q_single)
 
 
@@ -367,8 +373,8 @@ def symmetric_kl(P: ArrayLike, Q: ArrayLike | None = None) -> Tensor:
     dtype = common_dtype(P3, Q3)
     P3, Q3 = P3.to(dtype), Q3.to(device=P3.device, dtype=dtype)
     D = _skl(P3, P3.log(), Q3, Q3.log())
-    if Q is None:
-        D.fill_diagonal_(0)
+    if Q is None:  # the cross terms of (u, v) and (v, u) are rounded differently: mirror
+        D = _mirror_upper(D)
     return _squeeze(D, p_single, q_single)
 
 
@@ -381,7 +387,7 @@ def symmetric_kl_from_log_probs(log_P: ArrayLike, log_Q: ArrayLike | None = None
     L3, M3 = L3.to(dtype), M3.to(device=L3.device, dtype=dtype)
     D = _skl(L3.exp(), L3, M3.exp(), M3)
     if log_Q is None:
-        D.fill_diagonal_(0)
+        D = _mirror_upper(D)
     return _squeeze(D, p_single, q_single)
 
 

@@ -14,6 +14,9 @@ from torch import Tensor
 from lightning_manifold.functional._checks import (
     ArrayLike,
     as_tensor,
+    check_count,
+    check_device,
+    check_float_dtype,
     check_labels,
     check_probabilities,
     check_same_space,
@@ -30,12 +33,15 @@ def ignorance(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Ignorance P0: ``p[n, c] = 1/C`` for every sample. Returns (N, C) probabilities."""
-    if num_samples < 1 or num_classes < 2:
-        raise ValueError(
-            f"`num_samples` must be >= 1 and `num_classes` >= 2, got {num_samples} and "
-            f"{num_classes}"
-        )
+    """Ignorance P0: ``p[n, c] = 1/C`` for every sample. Returns (N, C) probabilities.
+
+    Raises:
+        ValueError: for a non-integer or too small ``num_samples`` (>= 1) or ``num_classes``
+            (>= 2), a non-floating ``dtype`` or a ``device`` this machine does not have.
+    """
+    num_samples = check_count(num_samples, "num_samples", 1)
+    num_classes = check_count(num_classes, "num_classes", 2)
+    dtype, device = check_float_dtype(dtype), check_device(device)
     return torch.full((num_samples, num_classes), 1.0 / num_classes, dtype=dtype, device=device)
 
 
@@ -46,6 +52,8 @@ def truth(
     dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """Truth P*: one-hot ground-truth labels. Returns (N, C) probabilities on the labels' device."""
+    num_classes = check_count(num_classes, "num_classes", 2)
+    dtype = check_float_dtype(dtype)
     y = as_tensor(labels, "labels", floating=False)
     y = check_labels(y, y.shape[0] if y.ndim == 1 else -1, num_classes)
     return torch.nn.functional.one_hot(y, num_classes).to(dtype)
@@ -88,6 +96,8 @@ def geodesic_point(P: ArrayLike, Q: ArrayLike, alpha: float | ArrayLike) -> Tens
     a = torch.as_tensor(alpha, dtype=dtype, device=S.device)
     if a.ndim > 1:
         raise ValueError(f"`alpha` must be a scalar or 1-D, got shape {tuple(a.shape)}")
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"`alpha` must be finite, got {alpha!r}")
     theta = (S * T).sum(-1).clamp(0, 1).arccos()  # (N,)
     w0, w1 = _slerp_weights(theta, a.reshape(-1, 1))  # (A, N)
     out = (w0[..., None] * S + w1[..., None] * T).square()
@@ -114,6 +124,8 @@ def ignorance_truth_geodesic(
     """
     P_star = truth(labels, num_classes, dtype=dtype)
     a = as_tensor(alphas, "alphas").to(device=P_star.device, dtype=dtype).reshape(-1)
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError("`alphas` must be finite, got NaN or inf entries")
     theta = torch.tensor(math.acos(1 / math.sqrt(num_classes)), dtype=dtype, device=P_star.device)
     w0, w1 = _slerp_weights(theta, a)  # (A,)
     root = w0[:, None, None] / math.sqrt(num_classes) + w1[:, None, None] * P_star

@@ -28,6 +28,8 @@ __all__ = [
 
 # Below this many models, or when most eigenpairs are wanted, a dense eigh is fastest.
 _DENSE_LIMIT = 500
+# Negative distances down to this many ulps of the largest one are taken as round-off.
+_NEGATIVE_ROUNDING = 64
 
 
 @dataclass
@@ -92,6 +94,9 @@ def _check_distance_matrix(D: ArrayLike, name: str = "D") -> Tensor:
     asym = float((t - t.T).abs().max())
     if asym > 1e-6 * scale:
         raise ValueError(f"`{name}` must be symmetric, got max |D - D.T| = {asym:.3g}")
+    low = float(t.min())
+    if low < -_NEGATIVE_ROUNDING * torch.finfo(t.dtype).eps * scale:  # round-off is allowed
+        raise ValueError(f"`{name}` must hold non-negative distances, got minimum {low:.3g}")
     return t
 
 

@@ -47,9 +47,14 @@ __all__ = [
 ]
 
 #: How closely progress (in units of θ, the angle from ignorance to truth) is solved for:
-#: results of the same model computed alone or in a batch may differ by up to this much.
+#: every float64 result is within this of a minimiser of the float64 objective, certified by
+#: the signs of its slope on both sides (so also where the minimum is flat); results of the
+#: same model alone or in a batch may differ by up to twice this. Float32 results are that
+#: value rounded to float32.
 PROGRESS_TOLERANCE = 1e-9
 _MAX_ITER = 200
+# Relative margin within which the wrong classes' spread is recomputed as a sum of squares.
+_FLAT_SPREAD = 1e-6
 # Float32 Newton steps run until every row is predicted this close; they keep a curvature for
 # steps within _COARSE_CHORD of it.
 _COARSE = 1e-4
@@ -109,6 +114,13 @@ def _plane_coordinates(
         them into ``R sin(t - φ)`` and ``R cos(t - φ)``); q: (m, N) ``Σ_c p - R²``, the
         squared distance of the sample from the plane (at least the smallest normal float,
         so no gradient divides 0 by 0); sums: (m, 2) ``Σ_n (x, y)``.
+
+    ``q`` sets the width of a sample's cusp, so it is computed without cancellation: it is
+    the spread of the wrong classes, ``Σ_{c≠y} p_c - (Σ_{c≠y} sqrt p_c)² / (C - 1)``, whose
+    rounding error is relative to the wrong-class mass, not to 1 (and, where the wrong
+    classes are nearly equal, a sum of squared deviations). (``Σ_c p - x² - y²`` has
+    an error of ~1e-16 and makes every confident sample a cusp smoothed over ~1e-8, which
+    moves a kinked minimum by as much.)
     """
     m, N, C = src.shape
     kw = {"dtype": torch.float64, "device": src.device}
@@ -117,7 +129,7 @@ def _plane_coordinates(
     cos_t, sin_t = 1 / math.sqrt(C), math.sqrt(1 - 1 / C)
     rows = min(m, _chunk_rows(N * C, src.device, 2 * _CACHE_ELEMENTS))
     buffer, b_buffer = torch.empty(rows, N, C, **kw), torch.empty(rows, N, 1, **kw)
-    to_a = torch.full((C,), cos_t, **kw)
+    total = torch.empty(rows, N, **kw)
     ones = torch.ones(C, **kw)
     label_index = labels.view(1, N, 1).expand(rows, N, 1).contiguous()
     # Per chunk: min and max of Σ_c p; checked once, with the row sums of x and y (NaN for
@@ -127,17 +139,29 @@ def _plane_coordinates(
         n = min(rows, m - i)
         P, xi, yi, qi = buffer[:n], planes[0, i : i + n], planes[1, i : i + n], q[i : i + n]
         chunk = src[i : i + n]
-        if chunk.dtype != P.dtype:  # upcast first: an op into float64 still computes in float32
-            chunk = P.copy_(chunk)
-        if from_log:
-            chunk = torch.exp(chunk, out=P)
-        norm2 = torch.mv(chunk.reshape(n * N, C), ones, out=qi.view(-1))  # Σ_c p: 1 if normed
-        torch.aminmax(norm2, out=(stats[k, 0], stats[k, 1]))
-        S = torch.sqrt(chunk, out=P)
-        torch.mv(S.view(n * N, C), to_a, out=xi.view(-1))
-        b = torch.gather(S, 2, label_index[:n], out=b_buffer[:n]).squeeze(-1)  # sqrt(p[y])
+        if from_log:  # upcast first: an op into float64 still computes in float32
+            P = torch.exp(chunk if chunk.dtype == P.dtype else P.copy_(chunk), out=P)
+        else:  # a copy: the label column is zeroed below
+            P.copy_(chunk)
+        py = torch.gather(P, 2, label_index[:n], out=b_buffer[:n])  # p[y]
+        P.scatter_(2, label_index[:n], 0.0)
+        wrong = torch.mv(P.view(n * N, C), ones, out=qi.view(-1))  # Σ_{c≠y} p
+        torch.add(wrong.view(n, N), py.view(n, N), out=total[:n])  # Σ_c p: 1 if normalised
+        torch.aminmax(total[:n], out=(stats[k, 0], stats[k, 1]))
+        S = torch.sqrt(P, out=P)
+        b = torch.sqrt(py, out=py).view(n, N)  # sqrt(p[y])
+        torch.mv(S.view(n * N, C), ones, out=xi.view(-1))  # Σ_{c≠y} sqrt p
+        spread = torch.mul(xi, xi, out=total[:n]).div_(max(C - 1, 1))
+        # Wrong classes (nearly) equal: q is all cancellation; sum squared deviations instead.
+        flat = (spread >= (1 - _FLAT_SPREAD) * qi).nonzero(as_tuple=True)
+        qi.sub_(spread)
+        if flat[0].numel():
+            Sf = S[flat]  # (k, C), label column 0
+            dev = Sf - (xi[flat] / max(C - 1, 1))[:, None]
+            dev.scatter_(1, labels[flat[1]][:, None], 0.0)
+            qi[flat] = dev.square().sum(-1)
+        xi.add_(b).mul_(cos_t)
         torch.add(b, xi, alpha=-cos_t, out=yi).div_(sin_t)
-        qi.addcmul_(xi, xi, value=-1).addcmul_(yi, yi, value=-1)
         torch.sum(planes[:, i : i + n], -1, out=sums[:, i : i + n])
     try:
         check_row_sums(stats.add(sums.sum() * 0), name)
@@ -252,8 +276,13 @@ class _Objective:
         return _weighted_sum(terms, self._weights(rows))
 
 
-def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float) -> Tensor:
-    """Minimise the convex objective over t in [0, θ] from (B,) float64 start points. (B,).
+def _newton(
+    fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Minimise the convex objective over t in [0, θ] from (B,) float64 start points.
+
+    Returns (B,) minimisers and the (B,) lower and upper ends of each row's bracket (float64
+    slope signs at evaluated points), for :func:`_certify`.
 
     Newton steps, safeguarded by a bracket on the sign of the slope (bisection when a step
     leaves the bracket or fails to halve the one before). An end of [0, θ] is tested as the
@@ -270,10 +299,13 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
     used), and a curvature is kept while it is predicted within 1% (2 K |t - t_h| <= 0.01).
     A row stops when its bracket is narrower than ``PROGRESS_TOLERANCE · θ``, or when its
     step, or the error predicted to be left after it (K δ² after a Newton step, plus
-    2 K |t - t_h| δ after a chord step), is below that.
+    2 K |t - t_h| δ after a chord step), is below that. The prediction is not a bound where
+    samples sit on or near their cusps (flat, piecewise-linear minima of confident models):
+    :func:`_certify` checks every row afterwards.
     """
     tol = PROGRESS_TOLERANCE * theta
     out = t.clone()
+    out_lo, out_hi = torch.zeros_like(t), torch.full_like(t, theta)
     B = t.shape[0]
     live = torch.ones(B, dtype=torch.bool, device=t.device)
     checked = {1.0: torch.zeros_like(live), -1.0: torch.zeros_like(live)}
@@ -285,7 +317,7 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
         rows = want.nonzero().squeeze(-1)
         if rows.numel():
             at_end = rows[fine.end_slope(rows, ends[side], side) * side >= 0]
-            out[idx[at_end]] = ends[side]
+            out[idx[at_end]] = out_lo[idx[at_end]] = out_hi[idx[at_end]] = ends[side]
             live[at_end] = False
             checked[side][rows] = True
 
@@ -303,7 +335,7 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
     for it in range(_MAX_ITER):
         n_live = int(live.sum())
         if n_live == 0:
-            return out
+            return out, out_lo, out_hi
         if n_live <= live.numel() // 2:  # compact: solved rows stop costing passes
             keep = live.nonzero().squeeze(-1)
             for obj in (fine, coarse):
@@ -353,8 +385,51 @@ def _newton(fine: _Objective, coarse: _Objective | None, t: Tensor, theta: float
             continue
         if bool(done.any()):
             out[idx[done]] = t[done]
+            out_lo[idx[done]], out_hi[idx[done]] = lo[done], hi[done]
             live &= ~done
     out[idx[live]] = t[live]
+    out_lo[idx[live]], out_hi[idx[live]] = lo[live], hi[live]
+    return out, out_lo, out_hi
+
+
+def _certify(obj: _Objective, t: Tensor, lo: Tensor, hi: Tensor, theta: float) -> Tensor:
+    """Make every (B,) ``t`` within ``PROGRESS_TOLERANCE · θ`` of a minimiser, provably.
+
+    The objective is convex, so slopes (float64) of sign <= 0 at ``t - tol`` and >= 0 at
+    ``t + tol`` put a minimiser within ``tol`` of ``t`` (an end of [0, θ] within ``tol`` needs
+    no test). A row that fails (its minimum is flat and kinked: samples on or near their
+    cusps, where Newton's error prediction does not hold) is solved by bisection on the slope
+    sign inside its bracket ``[lo, hi]`` narrowed by the test, to a width of ``2 tol``.
+    ``obj`` covers all B rows and is narrowed to the failing ones.
+    """
+    tol = PROGRESS_TOLERANCE * theta
+    left, right = t - tol, t + tol
+    g_left = obj.derivatives(left, curvature=False)[0]
+    g_right = obj.derivatives(right, curvature=False)[0]
+    left_ok = (left <= 0) | (g_left <= 0)
+    right_ok = (right >= theta) | (g_right >= 0)
+    bad = ~(left_ok & right_ok)
+    if not bool(bad.any()):
+        return t
+    rows = bad.nonzero().squeeze(-1)
+    lo, hi = lo[rows], hi[rows]
+    # Where a test failed the minimiser lies beyond its point; where it held, within it.
+    lo = torch.maximum(lo, torch.where(right_ok[rows], left[rows], right[rows]))
+    hi = torch.minimum(hi, torch.where(left_ok[rows], right[rows], left[rows]))
+    lo, hi = lo.clamp(0, theta), torch.maximum(hi.clamp(0, theta), lo.clamp(0, theta))
+    obj.keep(rows)
+    active = torch.arange(rows.shape[0], device=t.device)
+    while active.numel():
+        mid = 0.5 * (lo[active] + hi[active])
+        g = obj.derivatives(mid, curvature=False)[0]
+        lo[active] = torch.where(g <= 0, mid, lo[active])
+        hi[active] = torch.where(g >= 0, mid, hi[active])
+        still = hi[active] - lo[active] > 2 * tol
+        if not bool(still.all()):
+            obj.keep(still.nonzero().squeeze(-1))
+            active = active[still]
+    out = t.clone()
+    out[rows] = 0.5 * (lo + hi)
     return out
 
 
@@ -365,8 +440,8 @@ def _solve(
 
     Starts at the angle of the mean sample vector in the plane (the minimiser of the objective
     linearised around R cos(t - φ) = 1), typically 0.03 from the minimum; :func:`_newton`
-    finishes to ``PROGRESS_TOLERANCE`` (typically two float32 Newton steps and a chord step,
-    then one float64 Newton step).
+    and :func:`_certify` finish to ``PROGRESS_TOLERANCE`` (typically two float32 Newton
+    steps and a chord step, one float64 Newton step, then two float64 slopes).
 
     Args:
         xy: (B, 2, N), q: (B, N) float64 plane coordinates (:func:`_plane_coordinates`).
@@ -382,7 +457,8 @@ def _solve(
         f32 = torch.float32
         q32 = q.to(f32).clamp_(min=torch.finfo(f32).tiny)
         coarse = _Objective(xy.to(f32), q32, None if w is None else w.to(f32))
-    return _newton(_Objective(xy, q, w), coarse, t, theta)
+    t, lo, hi = _newton(_Objective(xy, q, w), coarse, t, theta)
+    return _certify(_Objective(xy, q, w), t, lo, hi, theta)
 
 
 def _project(

@@ -6,10 +6,18 @@ before distances are computed: the model is treated as predicting random mixture
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_manifold.functional._checks import ArrayLike, as_tensor, check_probabilities
+from lightning_manifold.functional._checks import (
+    ArrayLike,
+    as_tensor,
+    check_count,
+    check_device,
+    check_float_dtype,
+    check_probabilities,
+)
 
 __all__ = ["project_classes", "random_column_stochastic"]
 
@@ -35,8 +43,10 @@ def random_column_stochastic(
     Returns:
         (C, k) non-negative matrix with rows summing to 1.
     """
-    if not 2 <= k <= num_classes:
-        raise ValueError(f"`k` must be in [2, num_classes={num_classes}], got {k}")
+    num_classes = check_count(num_classes, "num_classes", 2)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 2 <= k <= num_classes:
+        raise ValueError(f"`k` must be an integer in [2, num_classes={num_classes}], got {k!r}")
+    dtype, device = check_float_dtype(dtype), check_device(device)
     u = torch.rand((num_classes, k), generator=generator, dtype=torch.float64)
     e = -torch.log1p(-u)  # exponential draws; normalised rows are Dirichlet(1)
     M = e / e.sum(1, keepdim=True)
