@@ -39,7 +39,7 @@ Reduction = Literal["none", "partition", "projection"]
 LogitsFn = Callable[[Any], Tensor]
 """``logits(outputs) -> (B, T, V)``: the logits in the model's outputs."""
 
-_STATS = 3  # columns of TokenStatistics carried next to the reduced predictions
+_STATS = len(V.TokenStatistics._fields)  # carried next to the reduced predictions
 
 
 def _default_logits(outputs: Any) -> Tensor:
@@ -253,9 +253,10 @@ class TokenProbe(ProbeSet):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """The rows this probe contributes to a capture: (n, K + 3) reduced log-probabilities
-        followed by ``log p[y]``, ``log Σ sqrt(p)`` and ``correct`` of the full distribution
-        (float64 values in ``dtype``); a DDP shard pads them to the largest shard's row count.
+        """The rows this probe contributes to a capture: (n, K + 5) reduced log-probabilities
+        followed by the :class:`~lightning_manifold.functional.vocabulary.TokenStatistics` of
+        the full distribution (in ``dtype``); a DDP shard pads them to the largest shard's row
+        count.
         """
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
@@ -319,7 +320,7 @@ class TokenProbe(ProbeSet):
         return logits
 
     def _reduce(self, logits: Tensor, lo: int, hi: int, dtype: torch.dtype) -> Tensor:
-        """(hi - lo, K + 3) rows for the counted tokens ``lo:hi`` from their (n, V) logits."""
+        """(hi - lo, K + 5) rows for the counted tokens ``lo:hi`` from their (n, V) logits."""
         targets = self._targets[lo:hi].to(logits.device)
         cells = None if self._cells is None else self._cells[lo:hi].to(logits.device)
         proj = None if self._projection is None else self._projection_on(logits.device, dtype)
@@ -349,7 +350,7 @@ class TokenProbe(ProbeSet):
         return V.statistics_metrics(_split_statistics(gathered), self._vocab_size)
 
     def check_num_classes(self, num_classes: int) -> None:
-        """Capture rows are K + 3 wide; nothing else to check (V is checked per forward)."""
+        """Capture rows are K + 5 wide; nothing else to check (V is checked per forward)."""
         if int(num_classes) not in (self._num_classes, self._num_classes + _STATS):
             raise ValueError(
                 f"probe {self.name!r}: expected {self._num_classes + _STATS} capture columns, "
@@ -405,16 +406,16 @@ class TokenProbe(ProbeSet):
         return part
 
     def unshard(self, gathered: Tensor) -> Tensor:
-        """(N, K + 3) capture rows in probe order from (W, rows, K + 3) gathered shards."""
+        """(N, K + 5) capture rows in probe order from (W, rows, K + 5) gathered shards."""
         if gathered.ndim != 3:
-            raise ValueError(f"`gathered` must be (W, rows, K + 3), got {tuple(gathered.shape)}")
+            raise ValueError(f"`gathered` must be (W, rows, K + 5), got {tuple(gathered.shape)}")
         counts = self._counts(gathered.shape[0])
         return torch.cat([gathered[r, :c] for r, c in enumerate(counts)])
 
 
 def _split_statistics(rows: Tensor) -> V.TokenStatistics:
     s = rows[:, -_STATS:].double()
-    return V.TokenStatistics(s[:, 0], s[:, 1], s[:, 2])
+    return V.TokenStatistics(*s.unbind(1))
 
 
 def _forward_mapping(module: nn.Module, batch: Mapping[str, Any]) -> Any:

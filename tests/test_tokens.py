@@ -103,6 +103,11 @@ def test_partition_and_statistics_equal_the_full_log_softmax(in_dtype: torch.dty
     torch.testing.assert_close(stats.target_log_prob, lp.gather(1, targets[:, None])[:, 0])
     torch.testing.assert_close(stats.log_overlap, torch.log((0.5 * lp).exp().sum(1)))
     assert stats.correct.tolist() == (lp.argmax(1) == targets).double().tolist()
+    wrong = (0.5 * lp).exp().scatter(1, targets[:, None], math.nan)  # sqrt(p), target left out
+    plain_overlap = torch.nansum(wrong, 1)
+    plain_spread = torch.nansum((wrong - torch.nanmean(wrong, 1, keepdim=True)) ** 2, 1)
+    torch.testing.assert_close(stats.wrong_overlap, plain_overlap, atol=0, rtol=1e-10)
+    torch.testing.assert_close(stats.wrong_spread, plain_spread, atol=0, rtol=1e-8)
 
 
 def test_partition_cells_are_distinct_and_model_independent() -> None:
@@ -276,7 +281,7 @@ def test_shards_of_variable_token_counts_reassemble_in_order(world_size: int) ->
         probe.shard(r, world_size).capture(model, dtype=torch.float64) for r in range(world_size)
     ]
     assert len({s.shape for s in shards}) == 1  # all_gather needs equal shapes
-    gathered = torch.stack(shards)  # what all_gather returns: (W, rows, K + 3)
+    gathered = torch.stack(shards)  # what all_gather returns: (W, rows, K + 5)
     torch.testing.assert_close(probe.unshard(gathered), whole, atol=1e-12, rtol=0)
 
 

@@ -19,8 +19,8 @@ Two fixed reductions keep the stored distribution small (K columns instead of V)
 
 Progress (eq. 2.2.4), the distances to ignorance and truth, the error and the cross-entropy of the
 FULL distribution are exact from per-sample sufficient statistics taken in the same pass
-(:class:`TokenStatistics`): with ``a_n = Σ_c sqrt(p_c / V)`` and ``b_n = sqrt(p[y_n])`` the sample's
-polar coordinates in the ignorance/truth plane are known, and nothing else enters.
+(:class:`TokenStatistics`): with ``Σ_{c≠y} sqrt(p_c)``, ``p[y_n]`` and the spread of the wrong classes, the sample's
+place in the ignorance/truth plane and its distance from it are known, and nothing else enters.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from lightning_manifold.functional.progress import GeodesicProjection, _rotation
 __all__ = [
     "TokenStatistics",
     "frequent_tokens",
-    "geodesic_projection_from_overlaps",
+    "geodesic_projection_from_statistics",
     "partition_cells",
     "reduce_vocabulary",
     "statistics_metrics",
@@ -55,11 +55,17 @@ class TokenStatistics(NamedTuple):
         log_overlap: ``log Σ_c sqrt(p_c)``, so that the Bhattacharyya coefficient with
             ignorance is ``exp(log_overlap) / sqrt(V)``.
         correct: 1.0 where the arg-max token is the target (first maximum on ties), else 0.0.
+        wrong_overlap: ``Σ_{c≠y} sqrt(p_c)``, summed without the target's term.
+        wrong_spread: ``Σ_{c≠y} (sqrt(p_c) - mean_{c'≠y} sqrt(p_c'))²``, the squared distance of
+            the sample from the ignorance/truth plane (the width of its cusp in the progress
+            objective), merged chunk by chunk without cancellation.
     """
 
     target_log_prob: Tensor
     log_overlap: Tensor
     correct: Tensor
+    wrong_overlap: Tensor
+    wrong_spread: Tensor
 
 
 def token_targets(
@@ -194,6 +200,8 @@ def reduce_vocabulary(
     rest_max, rest_sum = neg_inf.clone(), torch.zeros(n, **kw)
     proj = None if projection is None else torch.zeros(n, projection.shape[1], **kw)
     rows = torch.arange(n, device=logits.device)
+    targets_d = targets.to(logits.device)
+    w_count, w_mean, w_m2 = torch.zeros(n, **kw), torch.zeros(n, **kw), torch.zeros(n, **kw)
     for j0 in range(0, V, chunk):
         x = logits[:, j0 : j0 + chunk].to(dtype, copy=True)  # (n, w), masked in place below
         c_max, c_arg = x.max(dim=1)
@@ -206,6 +214,23 @@ def reduce_vocabulary(
         # sqrt(p) up to a factor first; p = its square (one exponential per value, not two)
         e = torch.sub(x, safe[:, None]).mul_(0.5).exp_()
         run_sqrt = run_sqrt * half_scale + e.sum(1)
+        # Mean and squared deviations of sqrt(p) over the wrong classes: this chunk's, then
+        # merged with the running ones (Chan et al.), the target's entry set to the chunk mean.
+        w = x.shape[1]
+        hit = (targets_d >= j0) & (targets_d < j0 + w)
+        col = (targets_d - j0).clamp_(0, w - 1)[:, None]
+        count_c = w - hit.to(dtype)
+        e_col = e.gather(1, col)[:, 0]
+        u = e.scatter(1, col, torch.where(hit, 0, e_col)[:, None])  # the target left out
+        mean_c = u.sum(1) / count_c
+        u.scatter_(1, col, torch.where(hit, mean_c, e_col)[:, None])
+        m2_c = u.sub_(mean_c[:, None]).square_().sum(1)
+        w_mean, w_m2 = w_mean * half_scale, w_m2 * half_scale.square()
+        total = w_count + count_c
+        delta = mean_c - w_mean
+        w_mean = w_mean + delta * (count_c / total)
+        w_m2 = w_m2 + m2_c + delta.square() * (w_count * count_c / total)
+        w_count = total
         e.square_()
         scale = half_scale.square_()
         run_sum = run_sum * scale + e.sum(1)
@@ -224,10 +249,13 @@ def reduce_vocabulary(
             rest_max = r_max
     log_norm = run_max + torch.log(run_sum)  # log-sum-exp of each row
     target_logit = logits.gather(1, targets[:, None].to(logits.device)).squeeze(1).to(dtype)
+    half_norm = torch.exp(0.5 * (run_max - log_norm))  # sqrt(p) = e * half_norm
     stats = TokenStatistics(
         target_log_prob=(target_logit - log_norm).double(),
         log_overlap=(0.5 * (run_max - log_norm) + torch.log(run_sqrt)).double(),
         correct=(best_id == targets).double(),
+        wrong_overlap=(w_count * w_mean * half_norm).double(),
+        wrong_spread=(w_m2 * half_norm.square()).double(),
     )
     if cells is not None:
         kept = logits.gather(1, cells.to(logits.device)).to(dtype) - log_norm[:, None]
@@ -238,19 +266,20 @@ def reduce_vocabulary(
     return None, stats
 
 
-def geodesic_projection_from_overlaps(
-    overlap: Tensor, target_overlap: Tensor, num_classes: int
+def geodesic_projection_from_statistics(
+    stats: TokenStatistics, num_classes: int
 ) -> GeodesicProjection:
-    """Progress (eq. 2.2.4) and distance to the geodesic from per-sample overlaps.
+    """Progress (eq. 2.2.4) and distance to the geodesic from per-sample statistics.
 
-    Each sample enters the progress objective only through its Bhattacharyya coefficients with
-    ignorance, ``a_n = Σ_c sqrt(p_c / C)``, and with the truth, ``b_n = sqrt(p[y_n])``: its
-    coordinates in the ignorance/truth plane are ``x = a``, ``y = (b - a cos θ) / sin θ`` with
-    ``θ = arccos(1 / sqrt(C))``, and its squared distance from the plane is ``1 - x² - y²``.
+    Each sample enters the progress objective only through its place in the ignorance/truth
+    plane and its distance from it: with ``b = sqrt(p[y])`` and ``S = Σ_{c≠y} sqrt(p_c)``,
+    ``x = (S + b) cos θ`` (the Bhattacharyya coefficient with ignorance), ``y = (b - x cos θ) /
+    sin θ`` and the squared distance from the plane ``q = Σ_{c≠y} (sqrt(p_c) - S / (C - 1))²``,
+    ``θ = arccos(1 / sqrt(C))`` — the same coordinates as for an (N, C) probe, taken from
+    :func:`reduce_vocabulary`'s statistics instead of the (N, V) probabilities.
 
     Args:
-        overlap: (N,) ``a_n``.
-        target_overlap: (N,) ``b_n``.
+        stats: (N,) statistics of every sample.
         num_classes: C, the size of the full vocabulary.
 
     Returns:
@@ -259,11 +288,12 @@ def geodesic_projection_from_overlaps(
     C = int(num_classes)
     if C < 2:
         raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}")
-    a, b = overlap.double(), target_overlap.double()
+    b = (0.5 * stats.target_log_prob).exp()
     cos_t, sin_t = 1 / math.sqrt(C), math.sqrt(1 - 1 / C)
     theta = math.acos(cos_t)
-    xy = torch.stack([a, (b - a * cos_t) / sin_t])[None]  # (1, 2, N)
-    q = (1 - xy[0, 0] ** 2 - xy[0, 1] ** 2).clamp_(min=torch.finfo(torch.float64).tiny)[None]
+    x = (stats.wrong_overlap + b) * cos_t
+    xy = torch.stack([x, (b - x * cos_t) / sin_t])[None]  # (1, 2, N)
+    q = stats.wrong_spread.clamp(min=torch.finfo(torch.float64).tiny)[None]
     t = _solve(xy, q, None, theta)
     rc = torch.bmm(_rotation(t, math.pi / 2), xy).squeeze(1)  # R cos(t - φ)
     distance = rc.clamp_(-1, 1).arccos_().mean()
@@ -279,9 +309,7 @@ def statistics_metrics(stats: TokenStatistics, num_classes: int) -> dict[str, Te
     """
     C = int(num_classes)
     log_a = stats.log_overlap - 0.5 * math.log(C)  # log of the coefficient with ignorance
-    projection = geodesic_projection_from_overlaps(
-        log_a.exp(), (0.5 * stats.target_log_prob).exp(), C
-    )
+    projection = geodesic_projection_from_statistics(stats, C)
     return {
         "progress": projection.progress,
         "distance_to_ignorance": -log_a.mean(),
