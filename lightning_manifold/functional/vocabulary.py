@@ -19,8 +19,9 @@ Two fixed reductions keep the stored distribution small (K columns instead of V)
 
 Progress (eq. 2.2.4), the distances to ignorance and truth, the error and the cross-entropy of the
 FULL distribution are exact from per-sample sufficient statistics taken in the same pass
-(:class:`TokenStatistics`): with ``Σ_{c≠y} sqrt(p_c)``, ``p[y_n]`` and the spread of the wrong classes, the sample's
-place in the ignorance/truth plane and its distance from it are known, and nothing else enters.
+(:class:`TokenStatistics`): from ``Σ_{c≠y} sqrt(p_c)``, ``p[y_n]`` and the spread of the wrong
+classes, each sample's place in the ignorance/truth plane and its distance from it are known,
+and nothing else enters.
 """
 
 from __future__ import annotations
