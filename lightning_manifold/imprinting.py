@@ -33,7 +33,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,9 @@ from lightning_manifold.probe import (
     ProbeSet,
     TransformFn,
     _index,
+    input_batches,
     module_device,
+    no_autocast,
 )
 
 __all__ = ["FeaturesFn", "ImprintedProbe"]
@@ -55,13 +57,6 @@ FeaturesFn = Callable[[nn.Module, Any], Tensor]
 """``features(module, batch_inputs) -> (B, d)``: the representation of one batch of inputs."""
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-
-
-def _no_autocast(device: torch.device) -> Any:
-    """Autocast off (the imprinting arithmetic runs in the requested dtype, not in half)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return nullcontext()
 
 
 def _features_name(features: str | FeaturesFn) -> str:
@@ -244,18 +239,15 @@ class ImprintedProbe(ProbeSet):
         if dtype not in _FLOAT_DTYPES:
             raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
         dev = module_device(module) if device is None else torch.device(device)
-        inputs = self.inputs_on(dev)
-        n, bs = self.num_samples, self.batch_size
         chunks: list[Tensor] = []
         with torch.no_grad(), self._feature_source(module) as features_of:
-            for start in range(0, n, bs):
-                stop = min(start + bs, n)
-                batch = inputs if (start, stop) == (0, n) else _index(inputs, slice(start, stop))
+            batches = input_batches(self.inputs_on(dev), self.num_samples, self.batch_size)
+            for start, stop, batch in batches:
                 phi = features_of(batch)
                 if self.transform is not None:
                     phi = self.transform(phi)
                 self._check_features(phi, stop - start, chunks[0].shape[1] if chunks else None)
-                with _no_autocast(dev):
+                with no_autocast(dev):
                     chunks.append(phi.to(dtype))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
@@ -274,7 +266,7 @@ class ImprintedProbe(ProbeSet):
                 f"`gathered` must be the (N, d) features of all N = {self.num_samples} probe "
                 f"samples, got shape {tuple(gathered.shape)}"
             )
-        with _no_autocast(gathered.device):
+        with no_autocast(gathered.device):
             return imprint(gathered, self.labels_on(gathered.device), self.num_classes)
 
     def imprint(

@@ -135,6 +135,25 @@ def _index(data: Any, index: Tensor | slice) -> Any:
     return _map_tensors(data, lambda t: t[index.to(t.device)])
 
 
+def no_autocast(device: torch.device) -> Any:
+    """Autocast off on ``device``: upcasts and log-softmax run in the dtype asked for."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
+
+
+def input_batches(inputs: Any, rows: int, batch_size: int) -> Iterator[tuple[int, int, Any]]:
+    """``(start, stop, batch)`` for consecutive batches of ``batch_size`` of the ``rows`` rows of
+    ``inputs`` (the whole collection itself when it fits in one batch: no copy)."""
+    for start in range(0, rows, batch_size):
+        stop = min(start + batch_size, rows)
+        yield (
+            start,
+            stop,
+            inputs if (start, stop) == (0, rows) else _index(inputs, slice(start, stop)),
+        )
+
+
 def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be an int >= {minimum}, got {type(value).__name__}")
@@ -699,23 +718,16 @@ class ProbeSet:
         if dtype not in _FLOAT_DTYPES:
             raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
         dev = module_device(module) if device is None else torch.device(device)
-        inputs = self.inputs_on(dev)
-        n, bs = self.num_samples, self._batch_size
-        no_autocast = (
-            torch.autocast(dev.type, enabled=False)
-            if torch.amp.is_autocast_available(dev.type)
-            else nullcontext()
-        )
-        chunks = []
+        chunks: list[Tensor] = []
         with torch.no_grad():
-            for start in range(0, n, bs):
-                stop = min(start + bs, n)
-                batch = inputs if (start, stop) == (0, n) else _index(inputs, slice(start, stop))
+            for start, stop, batch in input_batches(
+                self.inputs_on(dev), self.num_samples, self._batch_size
+            ):
                 outputs = module(batch) if self._forward is None else self._forward(module, batch)
                 transform = self._transform or _to_logits
                 logits = transform(outputs)
                 self._check_logits(logits, stop - start, chunks[0].shape[1] if chunks else None)
-                with no_autocast:
+                with no_autocast(dev):
                     chunks.append(torch.log_softmax(logits.to(dtype), dim=-1))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from typing import Any, Literal
 
 import numpy as np
@@ -31,7 +30,14 @@ from torch import Tensor, nn
 
 from lightning_manifold.functional import random_column_stochastic
 from lightning_manifold.functional import vocabulary as V
-from lightning_manifold.probe import ProbeSet, _index, _tensor_leaves, module_device
+from lightning_manifold.probe import (
+    ProbeSet,
+    _index,
+    _tensor_leaves,
+    input_batches,
+    module_device,
+    no_autocast,
+)
 
 __all__ = ["TokenProbe"]
 
@@ -266,27 +272,20 @@ class TokenProbe(ProbeSet):
         out = torch.zeros(max(n, self._pad_rows), width, dtype=dtype, device=dev)
         if not self.num_sequences:
             return out
-        inputs = self.inputs_on(dev)
         rows = self._rows.to(dev)
-        B, bs, T = self.num_sequences, self.batch_size, self._T
-        no_autocast = (
-            torch.autocast(dev.type, enabled=False)
-            if torch.amp.is_autocast_available(dev.type)
-            else nullcontext()
-        )
+        T = self._T
         done = 0
         with torch.no_grad():
-            for s0 in range(0, B, bs):
-                s1 = min(s0 + bs, B)
+            batches = input_batches(self.inputs_on(dev), self.num_sequences, self.batch_size)
+            for s0, s1, batch in batches:
                 lo, hi = torch.searchsorted(rows, torch.tensor([s0 * T, s1 * T], device=dev))
                 lo, hi = int(lo), int(hi)
-                if hi == lo:
+                if hi == lo:  # no counted token in these sequences
                     continue
-                batch = inputs if (s0, s1) == (0, B) else _index(inputs, slice(s0, s1))
                 outputs = module(batch) if self.forward is None else self.forward(module, batch)
                 logits = self._logits(outputs, s1 - s0)
                 flat = logits.reshape(-1, logits.shape[-1])
-                with no_autocast:
+                with no_autocast(dev):
                     out[done : done + hi - lo] = self._reduce(
                         flat[rows[lo:hi] - s0 * T], lo, hi, dtype
                     )
