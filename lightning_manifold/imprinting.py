@@ -46,6 +46,7 @@ from lightning_manifold.probe import (
     ProbeSet,
     TransformFn,
     _index,
+    check_output_dtype,
     input_batches,
     module_device,
     no_autocast,
@@ -55,8 +56,6 @@ __all__ = ["FeaturesFn", "ImprintedProbe"]
 
 FeaturesFn = Callable[[nn.Module, Any], Tensor]
 """``features(module, batch_inputs) -> (B, d)``: the representation of one batch of inputs."""
-
-_FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def _features_name(features: str | FeaturesFn) -> str:
@@ -236,8 +235,7 @@ class ImprintedProbe(ProbeSet):
             ValueError: bad ``dtype``; no such layer; the layer ran zero or several times in one
                 forward; features (after ``transform``) not a floating (B, d) tensor.
         """
-        if dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+        check_output_dtype(dtype)
         dev = module_device(module) if device is None else torch.device(device)
         chunks: list[Tensor] = []
         with torch.no_grad(), self._feature_source(module) as features_of:

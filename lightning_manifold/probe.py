@@ -135,6 +135,12 @@ def _index(data: Any, index: Tensor | slice) -> Any:
     return _map_tensors(data, lambda t: t[index.to(t.device)])
 
 
+def check_output_dtype(dtype: torch.dtype) -> None:
+    """Raise unless ``dtype`` is float32 or float64 (what a probe's outputs may be)."""
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+
+
 def no_autocast(device: torch.device) -> Any:
     """Autocast off on ``device``: upcasts and log-softmax run in the dtype asked for."""
     if torch.amp.is_autocast_available(device.type):
@@ -715,8 +721,7 @@ class ProbeSet:
             ValueError: bad ``dtype``; outputs (after ``transform``) not of shape (B, C).
             TypeError: outputs that are not a tensor and no ``transform`` given.
         """
-        if dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+        check_output_dtype(dtype)
         dev = module_device(module) if device is None else torch.device(device)
         chunks: list[Tensor] = []
         with torch.no_grad():

@@ -34,6 +34,7 @@ from lightning_manifold.probe import (
     ProbeSet,
     _index,
     _tensor_leaves,
+    check_output_dtype,
     input_batches,
     module_device,
     no_autocast,
@@ -264,8 +265,7 @@ class TokenProbe(ProbeSet):
         the full distribution (in ``dtype``); a DDP shard pads them to the largest shard's row
         count.
         """
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+        check_output_dtype(dtype)
         dev = module_device(module) if device is None else torch.device(device)
         width = self._num_classes + _STATS
         n = self.num_samples if self.num_sequences else 0
