@@ -43,7 +43,6 @@ import torch
 
 from lightning_manifold import analysis
 from lightning_manifold import functional as F
-from lightning_manifold.functional import trajectory as TR
 from lightning_manifold.store import TrajectoryStore, store_path
 
 ARCHS = ("mlp", "cnn")
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             ("trajectory distances, pair loop", t_loop, f"{t_loop / t_batch:.1f}x the batched "
              f"time; max |diff| {agree:.1e}")
         )  # fmt: skip
-        t_len, _ = timed(lambda: [TR.riemann_length(t.probs) for t in trajs])
+        t_len, _ = timed(lambda: [F.riemann_length(t.probs) for t in trajs])
         rows.append(("Riemann lengths", t_len, ""))
 
         if not args.no_cli:
