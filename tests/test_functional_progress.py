@@ -12,6 +12,7 @@ few 1e-8; the required bound is |Δ progress| <= 1e-6.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import _reference as R
@@ -118,7 +119,7 @@ def test_progress_of_ignorance_is_0_and_of_truth_is_1(num_classes, dtype):
     assert float(F.geodesic_projection(Ps, y).distance) <= on
 
 
-def test_progress_of_ignorance_and_truth_is_exact():
+def test_progress_of_ignorance_and_truth_is_exact(solver):
     got = {}
     for num_classes in [2, 3, 4, 5, 10, 100]:
         y = torch.arange(num_classes)
@@ -202,8 +203,18 @@ def test_progress_from_log_probs_finite_for_huge_logits(dtype):
     np.testing.assert_allclose(R.as_np(res.distance), ref_d, rtol=0, atol=DIST_TOL[dtype])
 
 
+@pytest.fixture(params=["newton", "small"])
+def solver(request, monkeypatch):
+    """Both solvers of ``_solve``: Newton with its bookkeeping (large problems) and the few
+    fixed Newton steps + bracket search of small ones, chosen by problem size."""
+    progress_module = importlib.import_module("lightning_manifold.functional.progress")
+    small = 0 if request.param == "newton" else 1 << 40
+    monkeypatch.setattr(progress_module, "_SMALL_ELEMENTS", small)
+    return request.param
+
+
 @pytest.mark.parametrize("kind", ["random", "random_wide", "trained", "confident_wrong"])
-def test_progress_is_solved_to_its_tolerance(kind):
+def test_progress_is_solved_to_its_tolerance(kind, solver):
     # The solver's float32 start and chord steps must still land within PROGRESS_TOLERANCE of
     # the minimiser (the Brent reference itself is only good to ~1e-8: it compares values).
     lg, y = make_logits(kind, seed=21)
@@ -234,7 +245,7 @@ def flat_minimum_logits(seed: int, m: int = 6, n: int = 601, c: int = 10):
     return out, y
 
 
-def test_progress_is_solved_to_its_tolerance_on_flat_minima():
+def test_progress_is_solved_to_its_tolerance_on_flat_minima(solver):
     # Confident models: many samples on (or within 1e-3 of) their cusps near the truth end.
     # Newton's predicted error is no bound there; the certificate on the slope signs is.
     lg, y = flat_minimum_logits(seed=3)
@@ -333,7 +344,7 @@ def test_bad_weights_raise_naming_weights(weights):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_per_class_progress_is_progress_on_each_class_subset(dtype):
+def test_per_class_progress_is_progress_on_each_class_subset(dtype, solver):
     rng = np.random.default_rng(17)
     Nn, Cc = 40, 5
     y = rng.integers(0, Cc - 1, Nn)  # class Cc-1 never occurs

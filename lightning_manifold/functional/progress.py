@@ -70,6 +70,12 @@ _CACHE_ELEMENTS = 1 << 17
 _SOLVE_ELEMENTS = 1 << 22
 # On accelerators large chunks keep the device busy instead.
 _DEVICE_ELEMENTS = 1 << 24
+# Rows x samples up to which :func:`_solve_small` replaces :func:`_newton` (a capture's model
+# and its per-class rows), its fixed Newton steps, and the slope points per pass of
+# :func:`_bracket_search` (each pass narrows a bracket (K + 1)-fold).
+_SMALL_ELEMENTS = 1 << 15
+_SMALL_NEWTON = 4
+_GRID_POINTS = 15
 
 
 class GeodesicProjection(NamedTuple):
@@ -259,21 +265,128 @@ class _Objective:
         return g, h if curvature else None, g3 if third else None
 
     def end_slope(self, rows: Tensor, t: float, side: float) -> Tensor:
-        """One-sided slope at an end of [0, θ] (side +1: right, -1: left) for ``rows``.
+        """One-sided slope at an end of [0, θ] (side +1: right, -1: left) for ``rows``."""
+        return _end_slope(self.xy[rows], self.q[rows], self._weights(rows), t, side)
 
-        A term sitting exactly on its cusp there contributes ``side`` (|t - φ| seen from
-        inside).
-        """
-        xy, q = self.xy[rows], self.q[rows]
-        rs = xy[:, 0] * math.sin(t) - xy[:, 1] * math.cos(t)  # R sin(t - φ)
-        terms = rs / torch.addcmul(q, rs, rs).sqrt_()
-        # On the cusp up to rounding: ignorance and truth themselves land here exactly.
-        noise = 32 * torch.finfo(q.dtype).eps
-        near_plane = q <= noise
-        if bool(near_plane.any()):
-            cusp = near_plane & (rs.abs() <= noise)
-            terms = torch.where(cusp, torch.full_like(terms, side), terms)
-        return _weighted_sum(terms, self._weights(rows))
+
+def _end_slope(xy: Tensor, q: Tensor, w: Tensor | None, t: float, side: float) -> Tensor:
+    """(B,) one-sided slopes at the end ``t`` of [0, θ] (side +1: right, -1: left).
+
+    A term sitting exactly on its cusp there contributes ``side`` (|t - φ| seen from inside).
+    """
+    rs = xy[:, 0] * math.sin(t) - xy[:, 1] * math.cos(t)  # R sin(t - φ)
+    terms = rs / torch.addcmul(q, rs, rs).sqrt_()
+    # On the cusp up to rounding: ignorance and truth themselves land here exactly.
+    noise = 32 * torch.finfo(q.dtype).eps
+    near_plane = q <= noise
+    if bool(near_plane.any()):
+        cusp = near_plane & (rs.abs() <= noise)
+        terms = torch.where(cusp, torch.full_like(terms, side), terms)
+    return _weighted_sum(terms, w)
+
+
+def _grid_slopes(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor) -> Tensor:
+    """(B, K) slopes of the objective at (B, K) angles ``t``, K points of each row at once.
+
+    Args:
+        xy: (B, 2, N), q: (B, N) plane coordinates; w: None, (N,) or (B, N) weights.
+        t: (B, K) angles.
+    """
+    B, K = t.shape
+    out = torch.empty_like(t)
+    rows = min(B, _chunk_rows(K * q.shape[1], q.device))
+    for i in range(0, B, rows):
+        ti = t[i : i + rows]
+        rot = torch.stack([ti.sin(), ti.cos().neg_()], -1)  # (b, K, 2)
+        u = torch.bmm(rot, xy[i : i + rows])  # R sin(t - φ), (b, K, N)
+        r = torch.addcmul(q[i : i + rows, None], u, u).sqrt_().reciprocal_()
+        v = u.mul_(r)
+        if w is None:
+            torch.sum(v, -1, out=out[i : i + rows])
+        elif w.ndim == 1:
+            out[i : i + rows] = v @ w
+        else:
+            out[i : i + rows] = torch.bmm(v, w[i : i + rows, :, None]).squeeze(-1)
+    return out
+
+
+def _bracket_search(
+    xy: Tensor, q: Tensor, w: Tensor | None, lo: Tensor, hi: Tensor, theta: float
+) -> Tensor:
+    """Minimisers within ``PROGRESS_TOLERANCE · θ`` of the midpoint of (B,) brackets.
+
+    Each pass evaluates the slope at ``_GRID_POINTS`` evenly spaced interior points of every
+    row's bracket in one batched evaluation and keeps the sub-interval where the slope's sign
+    changes: the first point of slope >= 0 and the point before it (slope < 0). By convexity a
+    minimiser stays inside, whatever the curvature (kinks and flat minima included), and every
+    pass narrows the bracket (K + 1)-fold, so the number of passes is fixed by the widest row.
+
+    Args:
+        xy, q, w: as for :func:`_grid_slopes`.
+        lo, hi: (B,) brackets, slope <= 0 at ``lo`` (or ``lo = 0``) and >= 0 at ``hi`` (or
+            ``hi = θ``).
+
+    Returns:
+        (B,) angles.
+    """
+    tol = PROGRESS_TOLERANCE * theta
+    k = _GRID_POINTS
+    width = (hi - lo).clamp_(min=0)
+    widest = float(width.max()) if width.numel() else 0.0
+    passes = math.ceil(math.log(widest / (2 * tol)) / math.log(k + 1)) if widest > 2 * tol else 0
+    frac = torch.arange(1, k + 1, dtype=lo.dtype, device=lo.device).div_(k + 1)
+    lo = lo.clone()
+    for _ in range(passes):
+        step = width / (k + 1)
+        g = _grid_slopes(xy, q, w, torch.addcmul(lo[:, None], width[:, None], frac))
+        below = torch.count_nonzero((g >= 0).cumsum(-1) == 0, -1)  # points before the change
+        lo.add_(below * step)
+        width = step
+    return lo.add_(width, alpha=0.5)
+
+
+def _snap_to_ends(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, theta: float) -> Tensor:
+    """Rows within ``2 · PROGRESS_TOLERANCE · θ`` of an end whose one-sided slope there says
+    the minimum is at the end get exactly that end (ignorance 0, truth θ, without rounding)."""
+    near = 2 * PROGRESS_TOLERANCE * theta
+    low, high = t <= near, t >= theta - near
+    if not bool((low | high).any()):
+        return t
+    for end, side, close in ((0.0, 1.0, low), (theta, -1.0, high)):
+        rows = close.nonzero().squeeze(-1)
+        if rows.numel():
+            wr = w if w is None or w.ndim == 1 else w[rows]
+            at_end = rows[_end_slope(xy[rows], q[rows], wr, end, side) * side >= 0]
+            t[at_end] = end
+    return t
+
+
+def _solve_small(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, theta: float) -> Tensor:
+    """Minimisers for few rows x samples, where each tensor operation's fixed cost dominates.
+
+    At most ``_SMALL_NEWTON`` safeguarded float64 Newton steps from the (B,) starts ``t``
+    (until no row moves by more than the tolerance), then one batched slope evaluation at
+    ``t ± tol``
+    certifies each row; rows that fail (kinked or flat minima) are finished by
+    :func:`_bracket_search` inside the bracket the evaluated slope signs give.
+    """
+    tol = PROGRESS_TOLERANCE * theta
+    lo, hi = torch.zeros_like(t), torch.full_like(t, theta)
+    obj = _Objective(xy, q, w)
+    for _ in range(_SMALL_NEWTON):
+        g, h, _ = obj.derivatives(t)
+        assert h is not None
+        lo = torch.where(g < 0, t, lo)
+        hi = torch.where(g > 0, t, hi)
+        newton = t - g / h
+        ok = (newton > lo) & (newton < hi)  # also refuses NaN (0 / inf on a cusp is 0: kept)
+        moved = torch.where(g == 0, t, torch.where(ok, newton, 0.5 * (lo + hi)))
+        settled = bool(((moved - t).abs() <= tol).all())  # the certificate below decides
+        t = moved
+        if settled:
+            break
+    t = _certify(xy, q, w, t, lo, hi, theta)
+    return _snap_to_ends(xy, q, w, t.clamp_(0, theta), theta)
 
 
 def _newton(
@@ -392,44 +505,41 @@ def _newton(
     return out, out_lo, out_hi
 
 
-def _certify(obj: _Objective, t: Tensor, lo: Tensor, hi: Tensor, theta: float) -> Tensor:
+def _certify(
+    xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, lo: Tensor, hi: Tensor, theta: float
+) -> Tensor:
     """Make every (B,) ``t`` within ``PROGRESS_TOLERANCE · θ`` of a minimiser, provably.
 
     The objective is convex, so slopes (float64) of sign <= 0 at ``t - tol`` and >= 0 at
     ``t + tol`` put a minimiser within ``tol`` of ``t`` (an end of [0, θ] within ``tol`` needs
-    no test). A row that fails (its minimum is flat and kinked: samples on or near their
-    cusps, where Newton's error prediction does not hold) is solved by bisection on the slope
-    sign inside its bracket ``[lo, hi]`` narrowed by the test, to a width of ``2 tol``.
-    ``obj`` covers all B rows and is narrowed to the failing ones.
+    no test); both are evaluated in one batch. A row that fails (its minimum is flat and
+    kinked: samples on or near their cusps, where Newton's error prediction does not hold) is
+    finished by :func:`_bracket_search` inside its bracket ``[lo, hi]`` (slope <= 0 at ``lo``,
+    >= 0 at ``hi``) narrowed by the two tests.
+
+    Args:
+        xy, q, w: as for :func:`_grid_slopes`, all B rows.
+        t, lo, hi: (B,) angles and brackets.
     """
     tol = PROGRESS_TOLERANCE * theta
     left, right = t - tol, t + tol
-    g_left = obj.derivatives(left, curvature=False)[0]
-    g_right = obj.derivatives(right, curvature=False)[0]
-    left_ok = (left <= 0) | (g_left <= 0)
-    right_ok = (right >= theta) | (g_right >= 0)
+    g = _grid_slopes(xy, q, w, torch.stack([left, right], -1))
+    left_ok = (left <= 0) | (g[:, 0] <= 0)  # a minimiser at or right of `left`
+    right_ok = (right >= theta) | (g[:, 1] >= 0)  # ... at or left of `right`
     bad = ~(left_ok & right_ok)
     if not bool(bad.any()):
         return t
     rows = bad.nonzero().squeeze(-1)
-    lo, hi = lo[rows], hi[rows]
-    # Where a test failed the minimiser lies beyond its point; where it held, within it.
-    lo = torch.maximum(lo, torch.where(right_ok[rows], left[rows], right[rows]))
-    hi = torch.minimum(hi, torch.where(left_ok[rows], right[rows], left[rows]))
-    lo, hi = lo.clamp(0, theta), torch.maximum(hi.clamp(0, theta), lo.clamp(0, theta))
-    obj.keep(rows)
-    active = torch.arange(rows.shape[0], device=t.device)
-    while active.numel():
-        mid = 0.5 * (lo[active] + hi[active])
-        g = obj.derivatives(mid, curvature=False)[0]
-        lo[active] = torch.where(g <= 0, mid, lo[active])
-        hi[active] = torch.where(g >= 0, mid, hi[active])
-        still = hi[active] - lo[active] > 2 * tol
-        if not bool(still.all()):
-            obj.keep(still.nonzero().squeeze(-1))
-            active = active[still]
+    lo_ok, hi_ok = left_ok[rows], right_ok[rows]
+    l_r, r_r = left[rows], right[rows]
+    # A test that held bounds the minimiser on its side; one that failed, on the other.
+    lo_r = torch.maximum(lo[rows], torch.where(lo_ok, l_r, torch.where(hi_ok, lo[rows], r_r)))
+    hi_r = torch.minimum(hi[rows], torch.where(hi_ok, r_r, torch.where(lo_ok, hi[rows], l_r)))
+    lo_r = lo_r.clamp(0, theta)
+    hi_r = torch.maximum(hi_r.clamp(0, theta), lo_r)
+    wr = w if w is None or w.ndim == 1 else w[rows]
     out = t.clone()
-    out[rows] = 0.5 * (lo + hi)
+    out[rows] = _bracket_search(xy[rows], q[rows], wr, lo_r, hi_r, theta)
     return out
 
 
@@ -441,7 +551,9 @@ def _solve(
     Starts at the angle of the mean sample vector in the plane (the minimiser of the objective
     linearised around R cos(t - φ) = 1), typically 0.03 from the minimum; :func:`_newton`
     and :func:`_certify` finish to ``PROGRESS_TOLERANCE`` (typically two float32 Newton
-    steps and a chord step, one float64 Newton step, then two float64 slopes).
+    steps and a chord step, one float64 Newton step, then two float64 slopes). Small problems
+    (a capture's one model and its classes) go through :func:`_solve_small` instead, whose
+    few fixed steps cost fewer tensor operations than the bookkeeping of :func:`_newton`.
 
     Args:
         xy: (B, 2, N), q: (B, N) float64 plane coordinates (:func:`_plane_coordinates`).
@@ -452,13 +564,15 @@ def _solve(
     if sums is None:
         sums = xy.sum(-1) if w is None else (xy @ w if w.ndim == 1 else (xy * w[:, None]).sum(-1))
     t = torch.atan2(sums[:, 1], sums[:, 0]).clamp_(0, theta)
+    if q.numel() <= _SMALL_ELEMENTS:
+        return _solve_small(xy, q, w, t, theta)
     coarse = None
     if q.numel() >= _COARSE_ELEMENTS:  # below that, per-op overhead outweighs bandwidth
         f32 = torch.float32
         q32 = q.to(f32).clamp_(min=torch.finfo(f32).tiny)
         coarse = _Objective(xy.to(f32), q32, None if w is None else w.to(f32))
     t, lo, hi = _newton(_Objective(xy, q, w), coarse, t, theta)
-    return _certify(_Objective(xy, q, w), t, lo, hi, theta)
+    return _certify(xy, q, w, t, lo, hi, theta)
 
 
 def _project(
