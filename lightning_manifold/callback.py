@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
@@ -69,6 +70,17 @@ class _FatalCaptureError(Exception):
     def __init__(self, original: Exception) -> None:
         super().__init__(str(original))
         self.original = original
+
+
+class _LoggerError(Exception):
+    """A logger's ``log_metrics`` failed on the writer thread."""
+
+
+def _log_metrics(logger: Logger, scalars: dict[str, float], step: int) -> None:
+    try:
+        logger.log_metrics(scalars, step=step)
+    except Exception as err:
+        raise _LoggerError(f"{type(logger).__name__}: {type(err).__name__}: {err}") from err
 
 
 class _RunExistsError(Exception):
@@ -438,6 +450,9 @@ class ManifoldCallback(Callback):
             self.schedule.resume_after(stored_through)
         if trainer.is_global_zero:
             self._writer = _BackgroundWriter()
+            for logger in trainer.loggers:  # its lazy writer made here, not on the writer thread
+                if isinstance(logger, TensorBoardLogger):
+                    _ = logger.experiment
         if self.schedule.last_taken is None and self.schedule.at_fit_start:
             self._maybe_capture(trainer, pl_module)  # also validates the probes
         else:
@@ -587,15 +602,21 @@ class ManifoldCallback(Callback):
         scalars = {f"manifold/{snapshot.probe}/{key}": v for key, v in values.items()}
         if self.log_scalars and trainer.loggers:
             for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=snapshot.step)
+                log = functools.partial(_log_metrics, logger, scalars, snapshot.step)
+                # TensorBoard's writer is thread-safe and blocks once its event queue is full:
+                # off the training thread. Others (W&B, CSV, ...) make no such promise.
+                if self._writer is not None and isinstance(logger, TensorBoardLogger):
+                    self._writer.submit(log)
+                else:
+                    log()
         # Monitorable by other callbacks (not through `pl_module.log`: that would log again).
         # The probe's keys hold this capture's values only: a key of the previous capture
         # undefined now becomes NaN.
         monitored = {**scalars, f"manifold/{snapshot.probe}/valid": float(snapshot.valid)}
         for key in self._monitored.get(snapshot.probe, set()) - monitored.keys():
             trainer.callback_metrics[key] = torch.tensor(math.nan)
-        for key, v in monitored.items():
-            trainer.callback_metrics[key] = torch.tensor(float(v))
+        as_tensors = torch.tensor([float(v) for v in monitored.values()]).unbind()  # one op
+        trainer.callback_metrics.update(zip(monitored, as_tensors))
         self._monitored[snapshot.probe] = set(monitored)
 
     def _place_on_manifold(self, snapshot: Snapshot) -> dict[str, float]:
@@ -1108,6 +1129,13 @@ class ManifoldCallback(Callback):
 
     def _report_write_errors(self, errors: list[Exception]) -> None:
         for err in errors:
+            if isinstance(err, _LoggerError):
+                self._warn_once(
+                    "logger-error",
+                    f"ManifoldCallback: logging the scalars failed ({err}). Training "
+                    "continues; later failures are skipped without a warning.",
+                )
+                continue
             self._warn_once(
                 "write-error",
                 f"ManifoldCallback: writing a snapshot to the store failed "

@@ -178,6 +178,10 @@ _FIX_AFTER_SIGMA = 3.0
 _REFIT_PROGRESS_STEP = 0.1
 #: a level's running P_s replaces the geodesic stand-in once the run is within this many sigma
 _USE_AFTER_SIGMA = 2.0
+# A snapshot more than ~7σ from a level (Gaussian weight below this) is not added to its sum:
+# a run reaches the level (weights ~0.1 and up) before the sum is used, so even 10^5 skipped
+# snapshots change the average P_s by less than 1e-6 of itself.
+_NEGLIGIBLE_WEIGHT = 1e-12
 
 
 @dataclass
@@ -279,8 +283,9 @@ class _FourPointFrame:
         fit.geodesic = torch.cat([fit.coords[:1], inner, fit.coords[3:]])
         return fit
 
-    def _accumulate(self, log_probs: Tensor, progress: float) -> bool:
-        """Add one snapshot to the running sums of eq. 2.4.1; True when a refit is due."""
+    def _accumulate(self, root: Tensor, progress: float) -> bool:
+        """Add one snapshot ((N, C) float64 sqrt-probabilities) to the running sums of
+        eq. 2.4.1; True when a refit is due."""
         self.max_progress = max(self.max_progress, progress)
         if self._sums is None:
             return False
@@ -290,8 +295,8 @@ class _FourPointFrame:
             if self.fixed[j]:
                 continue
             w = math.exp(-((progress - s) ** 2) / (2 * self.sigma**2))
-            if w > 0:
-                p = torch.exp(log_probs.to(torch.float64)) if p is None else p
+            if w > _NEGLIGIBLE_WEIGHT:
+                p = root.square() if p is None else p
                 self._sums[j].add_(p, alpha=w)
                 self._weights[j] += w
             if self.max_progress >= s + _FIX_AFTER_SIGMA * self.sigma and self._weights[j] > 0:
@@ -347,9 +352,9 @@ class _FourPointFrame:
 
         ``d_ignorance`` and ``d_truth`` are its d_B to P0 and P* (already known at capture).
         """
-        rmsd = self._refit() if self._accumulate(log_probs, progress) else _NAN
-        fit = self.fit
         root = torch.exp(0.5 * log_probs.to(torch.float64))
+        rmsd = self._refit() if self._accumulate(root, progress) else _NAN
+        fit = self.fit
         middle = F.bhattacharyya_from_sqrt(root, fit.basis_sqrt).reshape(2)
         ends = torch.tensor([d_ignorance, d_truth], dtype=torch.float64, device=middle.device)
         d = torch.cat([ends[:1], middle.to(torch.float64), ends[1:]])

@@ -44,6 +44,9 @@ _MODEL_BLOCK = 200
 # Coefficients per block when few rows meet many columns (one new model against a reference):
 # wider blocks and longer sample chunks there, so a handful of GEMMs covers everything.
 _BLOCK_ELEMENTS = 2**20
+# Up to this many pairs (a live capture against its basis points or its previous snapshot) one
+# log per sample is cheaper than the blocked products' bookkeeping.
+_FEW_PAIRS = 8
 
 
 def _block_shape(m: int, k: int, N: int) -> tuple[int, int, int]:
@@ -213,7 +216,11 @@ def bhattacharyya_from_sqrt(S: ArrayLike, T: ArrayLike | None = None) -> Tensor:
         )
     check_same_space(S3, T3, "S", "T")
     dtype = common_dtype(S3, T3)
-    D = _pairwise_log_bc(S3.to(dtype), T3.to(device=S3.device, dtype=dtype))
+    S3, T3 = S3.to(dtype), T3.to(device=S3.device, dtype=dtype)
+    if S3.shape[0] * T3.shape[0] <= _FEW_PAIRS:  # a capture against a few points: direct
+        D = torch.einsum("mnc,knc->mkn", S3, T3).log_().sum(-1)
+    else:
+        D = _pairwise_log_bc(S3, T3)
     D = D.div_(-N).clamp_min_(0)  # rounding can give -1e-17 for identical models
     if s_single:
         D = D[0]
