@@ -305,7 +305,9 @@ def test_sample_weights_match_reference_and_repetition():
     # uniform weights = no weights
     plain = F.geodesic_projection(torch.from_numpy(P), y)
     uni = F.geodesic_projection_from_log_probs(np.log(P), y, weights=np.full(Nn, 3.0))
-    np.testing.assert_allclose(R.as_np(uni.progress), R.as_np(plain.progress), rtol=0, atol=1e-12)
+    # (two solves of the same objective, each within SOLVER_TOL of a minimiser)
+    atol = 2 * SOLVER_TOL
+    np.testing.assert_allclose(R.as_np(uni.progress), R.as_np(plain.progress), rtol=0, atol=atol)
     # and the weights matter
     assert float((res.progress - plain.progress).abs().max()) > 1e-4
 
@@ -361,7 +363,10 @@ def test_per_class_progress_is_progress_on_each_class_subset(dtype, solver):
         np.testing.assert_allclose(R.as_np(out[:, c]), ref_p, rtol=0, atol=PROGRESS_TOL)
     single = F.per_class_progress_from_log_probs(L[2], y)
     assert single.shape == (Cc,)
-    np.testing.assert_allclose(R.as_np(single), R.as_np(out[2]), rtol=0, atol=1e-12, equal_nan=True)
+    # alone or in a batch: each within SOLVER_TOL of a minimiser
+    np.testing.assert_allclose(
+        R.as_np(single), R.as_np(out[2]), rtol=0, atol=2 * SOLVER_TOL, equal_nan=True
+    )
 
 
 # ----------------------------------------------------------------------------- inputs

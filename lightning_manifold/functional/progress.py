@@ -74,7 +74,7 @@ _DEVICE_ELEMENTS = 1 << 24
 # and its per-class rows), its fixed Newton steps, and the slope points per pass of
 # :func:`_bracket_search` (each pass narrows a bracket (K + 1)-fold).
 _SMALL_ELEMENTS = 1 << 15
-_SMALL_NEWTON = 4
+_SMALL_NEWTON = 8
 _GRID_POINTS = 15
 
 
@@ -365,13 +365,14 @@ def _solve_small(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, theta: floa
     """Minimisers for few rows x samples, where each tensor operation's fixed cost dominates.
 
     At most ``_SMALL_NEWTON`` safeguarded float64 Newton steps from the (B,) starts ``t``
-    (until no row moves by more than the tolerance), then one batched slope evaluation at
-    ``t ± tol``
-    certifies each row; rows that fail (kinked or flat minima) are finished by
-    :func:`_bracket_search` inside the bracket the evaluated slope signs give.
+    (until no row moves by more than the tolerance; a step beyond an end of [0, θ] not yet
+    evaluated goes to that end once, since minima often sit exactly there, otherwise a step
+    that leaves the bracket bisects it), then :func:`_certify`; rows that fail (kinked or flat
+    minima) are finished there by :func:`_bracket_search`.
     """
     tol = PROGRESS_TOLERANCE * theta
     lo, hi = torch.zeros_like(t), torch.full_like(t, theta)
+    tried = torch.zeros_like(t, dtype=torch.bool)  # an end was already jumped to
     obj = _Objective(xy, q, w)
     for _ in range(_SMALL_NEWTON):
         g, h, _ = obj.derivatives(t)
@@ -380,7 +381,11 @@ def _solve_small(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, theta: floa
         hi = torch.where(g > 0, t, hi)
         newton = t - g / h
         ok = (newton > lo) & (newton < hi)  # also refuses NaN (0 / inf on a cusp is 0: kept)
-        moved = torch.where(g == 0, t, torch.where(ok, newton, 0.5 * (lo + hi)))
+        to_low = (newton <= lo) & (lo == 0) & ~tried
+        to_high = (newton >= hi) & (hi == theta) & ~tried
+        tried |= to_low | to_high
+        jump = torch.where(to_low, lo, torch.where(to_high, hi, 0.5 * (lo + hi)))
+        moved = torch.where(g == 0, t, torch.where(ok, newton, jump))
         settled = bool(((moved - t).abs() <= tol).all())  # the certificate below decides
         t = moved
         if settled:
