@@ -80,6 +80,7 @@ __all__ = [
     "four_point_embedding",
     "group_summary",
     "joint_embedding",
+    "joint_embedding_figure",
     "linkage_matrix",
     "load_runs",
     "load_trajectories",
@@ -1587,5 +1588,6 @@ from lightning_manifold.analysis_embeddings import (  # noqa: E402
     SubsetEmbedding,
     four_point_embedding,
     joint_embedding,
+    joint_embedding_figure,
     subset_embedding,
 )

@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from lightning_manifold import functional as F
-from lightning_manifold.analysis import DEFAULT_PROBE, Runs, _Table, load_runs
+from lightning_manifold import plots
+from lightning_manifold.analysis import DEFAULT_PROBE, Runs, _new_figure, _Table, load_runs
 from lightning_manifold.functional.inpca import InPCAResult
 from lightning_manifold.store import TrajectoryStore
 
@@ -43,6 +45,7 @@ __all__ = [
     "SubsetExplained",
     "four_point_embedding",
     "joint_embedding",
+    "joint_embedding_figure",
     "subset_embedding",
 ]
 
@@ -233,7 +236,7 @@ def joint_embedding(
         test: the same runs on the test probe; default: ``train`` loaded with ``test_probe``
             (only when ``train`` is a directory or stores).
         ks: numbers of axes at which eq. 2.4.2 is reported; the embedding keeps max(ks) axes
-            (at most m - 1).
+            (at most m - 1; a larger k reports the value at all of them).
         train_probe, test_probe: probe names used when loading from directories or stores.
 
     Returns:
@@ -267,6 +270,65 @@ def joint_embedding(
     return JointEmbedding(
         tr.names, a.run, a.step, _np(res.coords), _np(X_test), _np(res.eigenvalues), explained
     )
+
+
+def joint_embedding_figure(
+    joint: JointEmbedding, *, axes: tuple[int, int] = (0, 1), dpi: float = 100.0
+) -> Figure:
+    """The joint train/test map (thesis fig. 2.5a) and its explained pairwise distances.
+
+    Left: two InPCA axes, each run a colour, its train models as a solid line and its test
+    models (placed by eq. 2.3.1) as a translucent dashed line with hollow markers. Right:
+    eq. 2.4.2 against k for the train models, the placed test models and the test models
+    embedded alone.
+
+    Args:
+        joint: :func:`joint_embedding`'s result.
+        axes: the two 0-based axes to draw.
+        dpi: resolution.
+
+    Raises:
+        ValueError: an axis the embedding does not have.
+    """
+    k = joint.train_coords.shape[1]
+    if len(axes) != 2 or not all(0 <= int(a) < k for a in axes):
+        raise ValueError(f"`axes` must be two axes in [0, {k - 1}], got {axes!r}")
+    a, b = (int(v) for v in axes)
+    fig = _new_figure((12.0, 4.6), dpi)
+    ax, ax_e = fig.subplots(1, 2, width_ratios=(1.6, 1.0))
+    colors = plots.run_colors(len(joint.names))
+    for r, (name, color) in enumerate(zip(joint.names, colors)):
+        rows = np.flatnonzero(joint.model_run == r)
+        rows = rows[np.argsort(joint.model_step[rows], kind="stable")]
+        tr, te = joint.train_coords[rows], joint.test_coords[rows]
+        ax.plot(tr[:, a], tr[:, b], "-o", color=color, ms=3.5, lw=1.2, label=name)
+        ax.plot(te[:, a], te[:, b], "--o", color=color, ms=3.5, lw=1.0, alpha=0.45, mfc="none")
+
+    def label(i: int) -> str:
+        return f"PC{i + 1}" + (" (time-like)" if joint.eigenvalues[i] < 0 else "")
+
+    ax.set_xlabel(label(a))
+    ax.set_ylabel(label(b))
+    ax.set_title("train (solid) and test (dashed, eq. 2.3.1) models")
+    if len(joint.names) <= plots.MAX_LEGEND_RUNS:
+        ax.legend(
+            fontsize=7, title="run", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1),
+            ncols=1 if len(joint.names) <= 12 else 2,
+        )  # fmt: skip
+    e = joint.explained
+    for values, name, style in (
+        (e.train, "train", "-o"),
+        (e.test, "test, placed (eq. 2.3.1)", "--s"),
+        (e.test_alone, "test, own InPCA", ":^"),
+    ):
+        ax_e.plot(e.k, values, style, label=name)
+    ax_e.set_xscale("log")
+    ax_e.set_xticks(e.k, [str(int(v)) for v in e.k])
+    ax_e.set_xlabel("k (axes)")
+    ax_e.set_ylabel("explained pairwise distance (eq. 2.4.2)")
+    ax_e.legend(fontsize=8)
+    ax_e.grid(alpha=0.3)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_store
+from matplotlib.figure import Figure
 
 from lightning_manifold import analysis
 from lightning_manifold import functional as F
@@ -149,6 +150,22 @@ def test_joint_embedding_of_the_train_models_themselves_lands_on_their_coordinat
     # while another test probe does not
     other = analysis.joint_embedding(data["runs"], data["runs_test"], ks=(2, 6))
     assert np.abs(other.test_coords - other.train_coords).max() > 1e-2 * scale
+
+
+def test_joint_embedding_figure_draws_both_probes_of_every_run(data) -> None:
+    joint = analysis.joint_embedding(data["runs"], data["runs_test"], ks=(1, 3, 5))
+    fig = analysis.joint_embedding_figure(joint, axes=(0, 3))
+    assert isinstance(fig, Figure)
+    ax, ax_e = fig.axes[:2]
+    assert len(ax.lines) == 2 * len(NAMES)  # a train and a test line per run
+    rows = np.flatnonzero(joint.model_run == 1)
+    np.testing.assert_array_equal(ax.lines[3].get_xdata(), joint.test_coords[rows, 0])
+    np.testing.assert_array_equal(ax.lines[3].get_ydata(), joint.test_coords[rows, 3])
+    time_like = joint.eigenvalues[3] < 0
+    assert ("time-like" in ax.get_ylabel()) == time_like
+    np.testing.assert_array_equal(ax_e.lines[1].get_ydata(), joint.explained.test)
+    with pytest.raises(ValueError, match="`axes`"):
+        analysis.joint_embedding_figure(joint, axes=(0, 5))
 
 
 def test_joint_embedding_rejects_unpaired_probes(data) -> None:
@@ -369,3 +386,4 @@ def test_readme_thesis_embeddings_snippet_runs_as_shown(
     from_arrays = analysis.joint_embedding(runs, test)
     np.testing.assert_allclose(joint.explained.test, from_arrays.explained.test, atol=1e-4)
     assert "rmsd" in printed.getvalue()
+    assert (tmp_path / "joint.png").read_bytes().startswith(b"\x89PNG")
