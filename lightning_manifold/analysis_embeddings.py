@@ -99,10 +99,10 @@ def _models(runs: Runs) -> _Models:
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:
-    out = [int(k) for k in ks]
-    if not out or min(out) < 1 or any(int(k) != k for k in ks):
+    ok = all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks)
+    if not ks or not ok:
         raise ValueError(f"`ks` must be positive integers (numbers of axes), got {list(ks)}")
-    return out
+    return [int(k) for k in ks]
 
 
 def _fit(D: Tensor, k: int) -> InPCAResult:

@@ -119,6 +119,9 @@ def test_joint_embedding_against_plain_eq_2_3_1(data) -> None:
     np.testing.assert_allclose(joint.train_coords, X, rtol=1e-7, atol=1e-9)
     X_test = _eq_2_3_1(D_test, D, lam, U)
     np.testing.assert_allclose(joint.test_coords, X_test, rtol=1e-7, atol=1e-9)
+    # for plain InPCA, eq. 2.2.9 on the test rows agrees (eigenvectors sum to 0)
+    X_229 = R.project(D_test, D, lam, U)
+    np.testing.assert_allclose(X_229, X_test, rtol=1e-7, atol=1e-9)
     signs = np.sign(lam)
     X_alone, lam_alone, _ = _plain_inpca(D_test, 5)
     for row, k in enumerate(ks):
@@ -168,6 +171,19 @@ def test_joint_embedding_figure_draws_both_probes_of_every_run(data) -> None:
         analysis.joint_embedding_figure(joint, axes=(0, 5))
 
 
+def test_project_paired_returns_own_coordinates_of_a_weighted_inpca(data) -> None:
+    D = torch.from_numpy(_distances(data["train"]))
+    w = torch.linspace(0.5, 2.0, D.shape[0], dtype=torch.float64)
+    res = F.inpca(D, 4, weights=w)
+    X = F.project_paired(
+        D, res.row_means, res.grand_mean, res.eigenvalues, res.eigenvectors, weights=res.weights
+    )
+    np.testing.assert_allclose(X.numpy(), res.coords.numpy(), atol=1e-9)
+    with pytest.raises(ValueError, match="`weights`"):
+        F.project_paired(D, res.row_means, res.grand_mean, res.eigenvalues, res.eigenvectors,
+                         weights=w[:-1])  # fmt: skip
+
+
 def test_joint_embedding_rejects_unpaired_probes(data) -> None:
     y, y_test = data["y"], data["y_test"]
     renamed = [*NAMES[:3], "c-seed0"]
@@ -190,6 +206,8 @@ def test_joint_embedding_rejects_unpaired_probes(data) -> None:
         analysis.joint_embedding(data["runs"], 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`ks`"):
         analysis.joint_embedding(data["runs"], data["runs_test"], ks=(0, 3))
+    with pytest.raises(ValueError, match="`ks`"):
+        analysis.joint_embedding(data["runs"], data["runs_test"], ks=(2.5,))
     two = analysis.load_runs([data["train"][0][:2]], labels=y, names=["x"])
     test_two = analysis.load_runs([data["test"][0][:2]], labels=y_test, names=["x"])
     with pytest.raises(ValueError, match="at least 3 models"):

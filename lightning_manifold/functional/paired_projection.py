@@ -10,7 +10,9 @@ the new row (``mean_u' d_wu'``) is taken from the reference row of the same mode
 
 with r the reference row means and g their mean. The thesis states the conditions: the two
 sets hold the same models in the same order, and the reference centring term stands in for
-that of D' (self-averaging).
+that of D' (self-averaging). For plain (unweighted) InPCA the two placements agree: a term
+constant along u drops out because every eigenvector of a non-zero eigenvalue sums to 0, which
+is why §2.5.3.3 can name eq. 2.2.9 for the same procedure.
 """
 
 from __future__ import annotations
