@@ -111,7 +111,10 @@ def _fit(D: Tensor, k: int) -> InPCAResult:
     m = D.shape[0]
     if m < 3:
         raise ValueError(f"an embedding to place models into needs at least 3 models, got {m}")
-    return F.nonzero_components(F.inpca(D, n_components=min(k, m - 1)), tolerance=_NULL_AXIS)
+    res = F.inpca(D, n_components=min(k, m - 1))
+    if not float(res.eigenvalues.abs().max()) > 0:
+        raise ValueError(f"the {m} models are identical (all distances 0): nothing to embed")
+    return F.nonzero_components(res, tolerance=_NULL_AXIS)
 
 
 def _explained(D: Tensor, X: Tensor, signs: Tensor, ks: Sequence[int]) -> np.ndarray:

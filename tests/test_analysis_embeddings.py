@@ -366,6 +366,9 @@ def test_subset_embedding_is_seeded_and_rejects_bad_sizes(data) -> None:
         analysis.subset_embedding(runs, sizes=(0,))
     with pytest.raises(ValueError, match="`sizes`"):
         analysis.subset_embedding(runs, sizes=(True,))
+    flat = [np.repeat(lp[:1], 3, axis=0) for lp in data["train"][:2]]
+    with pytest.raises(ValueError, match="identical"):
+        analysis.subset_embedding(analysis.load_runs(flat, labels=data["y"], names=["x", "z"]))
     with pytest.raises(ValueError, match="`n` must be at most"):
         F.sample_subset(5, 6)
 
