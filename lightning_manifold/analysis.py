@@ -58,11 +58,14 @@ from lightning_manifold.store import TrajectoryStore, load_stores
 __all__ = [
     "Comparison",
     "DistanceTable",
+    "FourPointEmbedding",
     "GroupCurve",
     "GroupSummary",
+    "JointEmbedding",
     "Runs",
     "SpeedCurves",
     "StressTable",
+    "SubsetEmbedding",
     "Trajectory",
     "TubeWidths",
     "clusters",
@@ -74,7 +77,10 @@ __all__ = [
     "embedding_summary",
     "explained_stress_summary",
     "explained_stress_table",
+    "four_point_embedding",
     "group_summary",
+    "joint_embedding",
+    "joint_embedding_figure",
     "linkage_matrix",
     "load_runs",
     "load_trajectories",
@@ -88,6 +94,7 @@ __all__ = [
     "run_groups",
     "run_names",
     "snapshots_from_store",
+    "subset_embedding",
     "top_split",
     "trajectory_distance_matrix",
     "tube_figure",
@@ -1571,3 +1578,16 @@ def report_html(
         + "\n".join(sections)
         + "\n</body>\n</html>\n"
     )
+
+
+# the thesis' train/test, 4-point and sample-subset embeddings (eqs. 2.3.1, 2.4.1, §2.5.3.3);
+# imported last because that module builds on Runs and load_runs above
+from lightning_manifold.analysis_embeddings import (  # noqa: E402
+    FourPointEmbedding,
+    JointEmbedding,
+    SubsetEmbedding,
+    four_point_embedding,
+    joint_embedding,
+    joint_embedding_figure,
+    subset_embedding,
+)

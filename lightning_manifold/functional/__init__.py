@@ -9,7 +9,9 @@ from lightning_manifold.functional.alignment import Alignment, procrustes_align
 from lightning_manifold.functional.basis import (
     BASIS_WIDTH,
     FourPointBasis,
+    FourPointCoordinates,
     four_point_basis,
+    four_point_coordinates,
     four_point_distances,
     progress_weighted_average,
     progress_weights,
@@ -53,6 +55,7 @@ from lightning_manifold.functional.inpca import (
     project_from_stats,
     time_like,
 )
+from lightning_manifold.functional.paired_projection import project_paired, sample_subset
 from lightning_manifold.functional.prediction import (
     ClassWeights,
     PredictionGeometry,
@@ -100,6 +103,7 @@ __all__ = [
     "Alignment",
     "ClassWeights",
     "FourPointBasis",
+    "FourPointCoordinates",
     "GeodesicProjection",
     "InPCAResult",
     "PredictionGeometry",
@@ -123,6 +127,7 @@ __all__ = [
     "explained_stress",
     "forecast_steps",
     "four_point_basis",
+    "four_point_coordinates",
     "four_point_distances",
     "geodesic_distance",
     "geodesic_log_probs",
@@ -149,11 +154,13 @@ __all__ = [
     "project",
     "project_classes",
     "project_from_stats",
+    "project_paired",
     "random_column_stochastic",
     "reindex_by_progress",
     "reindex_runs",
     "riemann_length",
     "riemann_length_from_log_probs",
+    "sample_subset",
     "seen_novel_progress",
     "sqrt_probs",
     "step_at_progress",

@@ -27,13 +27,15 @@ from lightning_manifold.functional.distances import (
     distance_to_ignorance_from_log_probs,
     distance_to_truth_from_log_probs,
 )
-from lightning_manifold.functional.inpca import InPCAResult, inpca
+from lightning_manifold.functional.inpca import InPCAResult, inpca, project_from_stats
 from lightning_manifold.functional.prediction import nonzero_components
 
 __all__ = [
     "BASIS_WIDTH",
     "FourPointBasis",
+    "FourPointCoordinates",
     "four_point_basis",
+    "four_point_coordinates",
     "four_point_distances",
     "progress_weighted_average",
     "progress_weights",
@@ -188,3 +190,62 @@ def four_point_basis(
         weights=None,
     )
     return FourPointBasis(D, res)
+
+
+class FourPointCoordinates(NamedTuple):
+    """Result of :func:`four_point_coordinates`.
+
+    Attributes:
+        basis: the :class:`FourPointBasis` frame.
+        basis_log_probs: (2, N, C) log-probabilities of P_s1 and P_s2 (eq. 2.4.1).
+        weight: (2,) the normaliser Z of eq. 2.4.1 at each level (near 0: no model was near it).
+        coords: (m, k) the models placed in the frame by eq. 2.2.9.
+    """
+
+    basis: FourPointBasis
+    basis_log_probs: Tensor
+    weight: Tensor
+    coords: Tensor
+
+
+def four_point_coordinates(
+    log_P: ArrayLike,
+    progress: ArrayLike,
+    labels: ArrayLike,
+    levels: tuple[float, float] = (0.3, 0.7),
+    sigma: float = BASIS_WIDTH,
+    n_components: int = 3,
+) -> FourPointCoordinates:
+    """A set of models in the 4-point frame built from themselves (thesis §2.4, figs. 2.9-2.10).
+
+    P_s1, P_s2 are the progress-weighted averages of the models (eq. 2.4.1), the frame is the
+    InPCA of [P0, P_s1, P_s2, P*] (:func:`four_point_basis`) and every model is placed from its
+    four distances by eq. 2.2.9.
+
+    Args:
+        log_P: (m, N, C) log-probabilities of the models.
+        progress: (m,) their progress (eq. 2.2.4).
+        labels: (N,) int labels (truth P*).
+        levels: (s1, s2) progress levels (the thesis uses s1 = 1 - s2 = 0.2 or 0.3).
+        sigma: width σ of eq. 2.4.1 (thesis: 0.05).
+        n_components: axes of the frame, 1..3.
+
+    Returns:
+        :class:`FourPointCoordinates`.
+    """
+    L, _ = check_log_probabilities(log_P, "log_P")
+    s = torch.as_tensor([float(v) for v in levels], dtype=torch.float64)
+    if s.shape != (2,) or not bool(((s >= 0) & (s <= 1)).all()):
+        raise ValueError(f"`levels` must be two progress levels in [0, 1], got {levels!r}")
+    w = progress_weights(progress, s, sigma)
+    if w.shape[0] != L.shape[0]:
+        raise ValueError(f"`progress` must have shape (m,) = ({L.shape[0]},), got {w.shape[0]}")
+    mean = progress_weighted_average(torch.exp(L.to(torch.float64)), progress, s, sigma)
+    basis_log_probs = torch.log(mean / mean.sum(-1, keepdim=True))  # renormalise rounding
+    basis = four_point_basis(basis_log_probs, labels, n_components=n_components)
+    e = basis.embedding
+    coords = project_from_stats(
+        four_point_distances(L, basis_log_probs, labels),
+        e.row_means, e.grand_mean, e.eigenvalues, e.eigenvectors,
+    )  # fmt: skip
+    return FourPointCoordinates(basis, basis_log_probs, w.sum(0), coords)
