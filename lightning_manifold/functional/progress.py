@@ -22,8 +22,9 @@ over chunks small enough to stay in cache.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,6 +75,7 @@ _DEVICE_ELEMENTS = 1 << 24
 # and its per-class rows), its fixed Newton steps, and the slope points per pass of
 # :func:`_bracket_search` (each pass narrows a bracket (K + 1)-fold).
 _SMALL_ELEMENTS = 1 << 15
+_EPS64 = 2.0**-52
 _SMALL_NEWTON = 8
 _GRID_POINTS = 15
 
@@ -269,50 +271,88 @@ class _Objective:
         return _end_slope(self.xy[rows], self.q[rows], self._weights(rows), t, side)
 
 
-def _end_slope(xy: Tensor, q: Tensor, w: Tensor | None, t: float, side: float) -> Tensor:
+# The functions from here to :func:`_certify` take torch tensors or, for small problems on the
+# CPU, numpy arrays (a numpy operation costs about a microsecond, a torch one several, and a
+# capture's solve is hundreds of operations on arrays of a thousand values): one code for both.
+Array = Any  # Tensor | np.ndarray, float64
+
+
+def _xp(a: Array) -> Any:
+    """The array module of ``a``: torch or numpy."""
+    return torch if isinstance(a, Tensor) else np
+
+
+def _copy(a: Array) -> Array:
+    return a.clone() if isinstance(a, Tensor) else a.copy()
+
+
+def _grid_fractions(like: Array, k: int) -> Array:
+    """(k,) fractions 1/(k+1) .. k/(k+1) of a bracket, an array of the kind of ``like``."""
+    if isinstance(like, Tensor):
+        return torch.arange(1, k + 1, dtype=like.dtype, device=like.device) / (k + 1)
+    return np.arange(1, k + 1, dtype=like.dtype) / (k + 1)
+
+
+def _weighted_rows(v: Array, w: Array | None) -> Array:
+    """Σ_n w_n v[b, ..., n] for (B, ..., N) ``v``; ``w`` is None, (N,) or (B, N)."""
+    if w is None:
+        return v.sum(-1)
+    if w.ndim == 1:
+        return v @ w
+    wb = w.reshape(w.shape[0], *([1] * (v.ndim - 2)), w.shape[1])
+    return (v * wb).sum(-1)
+
+
+def _end_slope(xy: Array, q: Array, w: Array | None, t: float, side: float) -> Array:
     """(B,) one-sided slopes at the end ``t`` of [0, θ] (side +1: right, -1: left).
 
     A term sitting exactly on its cusp there contributes ``side`` (|t - φ| seen from inside).
     """
+    xp = _xp(q)
     rs = xy[:, 0] * math.sin(t) - xy[:, 1] * math.cos(t)  # R sin(t - φ)
-    terms = rs / torch.addcmul(q, rs, rs).sqrt_()
+    terms = rs / xp.sqrt(q + rs * rs)
     # On the cusp up to rounding: ignorance and truth themselves land here exactly.
-    noise = 32 * torch.finfo(q.dtype).eps
-    near_plane = q <= noise
-    if bool(near_plane.any()):
-        cusp = near_plane & (rs.abs() <= noise)
-        terms = torch.where(cusp, torch.full_like(terms, side), terms)
-    return _weighted_sum(terms, w)
+    noise = 32 * _EPS64
+    cusp = (q <= noise) & (abs(rs) <= noise)
+    terms = xp.where(cusp, side, terms)
+    return _weighted_rows(terms, w)
 
 
-def _grid_slopes(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor) -> Tensor:
+def _slope_and_curvature(xy: Array, q: Array, w: Array | None, t: Array) -> tuple[Array, Array]:
+    """(B,) slope and curvature at (B,) angles ``t`` (see :class:`_Objective`), unchunked."""
+    xp = _xp(q)
+    sin, cos = xp.sin(t)[:, None], xp.cos(t)[:, None]
+    x, y = xy[:, 0], xy[:, 1]
+    u = x * sin - y * cos  # R sin(t - φ)
+    c = x * cos + y * sin  # R cos(t - φ)
+    r = 1 / xp.sqrt(q + u * u)
+    return _weighted_rows(u * r, w), _weighted_rows(c * q * (r * r * r), w)
+
+
+def _grid_slopes(xy: Array, q: Array, w: Array | None, t: Array) -> Array:
     """(B, K) slopes of the objective at (B, K) angles ``t``, K points of each row at once.
 
     Args:
         xy: (B, 2, N), q: (B, N) plane coordinates; w: None, (N,) or (B, N) weights.
         t: (B, K) angles.
     """
+    xp = _xp(q)
     B, K = t.shape
-    out = torch.empty_like(t)
-    rows = min(B, _chunk_rows(K * q.shape[1], q.device))
+    device = q.device if isinstance(q, Tensor) else torch.device("cpu")
+    rows = min(B, _chunk_rows(K * q.shape[1], device))
+    parts = []
     for i in range(0, B, rows):
         ti = t[i : i + rows]
-        rot = torch.stack([ti.sin(), ti.cos().neg_()], -1)  # (b, K, 2)
-        u = torch.bmm(rot, xy[i : i + rows])  # R sin(t - φ), (b, K, N)
-        r = torch.addcmul(q[i : i + rows, None], u, u).sqrt_().reciprocal_()
-        v = u.mul_(r)
-        if w is None:
-            torch.sum(v, -1, out=out[i : i + rows])
-        elif w.ndim == 1:
-            out[i : i + rows] = v @ w
-        else:
-            out[i : i + rows] = torch.bmm(v, w[i : i + rows, :, None]).squeeze(-1)
-    return out
+        rot = xp.stack([xp.sin(ti), -xp.cos(ti)], -1)  # (b, K, 2)
+        u = rot @ xy[i : i + rows]  # R sin(t - φ), (b, K, N)
+        v = u / xp.sqrt(q[i : i + rows, None] + u * u)
+        parts.append(_weighted_rows(v, w if w is None or w.ndim == 1 else w[i : i + rows]))
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts)
 
 
 def _bracket_search(
-    xy: Tensor, q: Tensor, w: Tensor | None, lo: Tensor, hi: Tensor, theta: float
-) -> Tensor:
+    xy: Array, q: Array, w: Array | None, lo: Array, hi: Array, theta: float
+) -> Array:
     """Minimisers within ``PROGRESS_TOLERANCE · θ`` of the midpoint of (B,) brackets.
 
     Each pass evaluates the slope at ``_GRID_POINTS`` evenly spaced interior points of every
@@ -329,40 +369,42 @@ def _bracket_search(
     Returns:
         (B,) angles.
     """
+    xp = _xp(q)
     tol = PROGRESS_TOLERANCE * theta
     k = _GRID_POINTS
-    width = (hi - lo).clamp_(min=0)
-    widest = float(width.max()) if width.numel() else 0.0
+    width = xp.clip(hi - lo, 0, None)
+    widest = float(width.max()) if width.shape[0] else 0.0
     passes = math.ceil(math.log(widest / (2 * tol)) / math.log(k + 1)) if widest > 2 * tol else 0
-    frac = torch.arange(1, k + 1, dtype=lo.dtype, device=lo.device).div_(k + 1)
-    lo = lo.clone()
+    frac = _grid_fractions(lo, k)
     for _ in range(passes):
         step = width / (k + 1)
-        g = _grid_slopes(xy, q, w, torch.addcmul(lo[:, None], width[:, None], frac))
-        below = torch.count_nonzero((g >= 0).cumsum(-1) == 0, -1)  # points before the change
-        lo.add_(below * step)
+        g = _grid_slopes(xy, q, w, lo[:, None] + width[:, None] * frac)
+        below = xp.count_nonzero(xp.cumsum(g >= 0, -1) == 0, -1)  # points before the change
+        lo = lo + below * step
         width = step
-    return lo.add_(width, alpha=0.5)
+    return lo + 0.5 * width
 
 
-def _snap_to_ends(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, theta: float) -> Tensor:
+def _snap_to_ends(xy: Array, q: Array, w: Array | None, t: Array, theta: float) -> Array:
     """Rows within ``2 · PROGRESS_TOLERANCE · θ`` of an end whose one-sided slope there says
     the minimum is at the end get exactly that end (ignorance 0, truth θ, without rounding)."""
+    xp = _xp(q)
     near = 2 * PROGRESS_TOLERANCE * theta
     low, high = t <= near, t >= theta - near
     if not bool((low | high).any()):
         return t
+    t = _copy(t)
     for end, side, close in ((0.0, 1.0, low), (theta, -1.0, high)):
-        rows = close.nonzero().squeeze(-1)
-        if rows.numel():
+        rows = xp.where(close)[0]
+        if rows.shape[0]:
             wr = w if w is None or w.ndim == 1 else w[rows]
             at_end = rows[_end_slope(xy[rows], q[rows], wr, end, side) * side >= 0]
             t[at_end] = end
     return t
 
 
-def _solve_small(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, theta: float) -> Tensor:
-    """Minimisers for few rows x samples, where each tensor operation's fixed cost dominates.
+def _solve_small(xy: Array, q: Array, w: Array | None, t: Array, theta: float) -> Array:
+    """Minimisers for few rows x samples, where each array operation's fixed cost dominates.
 
     At most ``_SMALL_NEWTON`` safeguarded float64 Newton steps from the (B,) starts ``t``
     (until no row moves by more than the tolerance; a step beyond an end of [0, θ] not yet
@@ -370,28 +412,66 @@ def _solve_small(xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, theta: floa
     that leaves the bracket bisects it), then :func:`_certify`; rows that fail (kinked or flat
     minima) are finished there by :func:`_bracket_search`.
     """
+    xp = _xp(q)
     tol = PROGRESS_TOLERANCE * theta
-    lo, hi = torch.zeros_like(t), torch.full_like(t, theta)
-    tried = torch.zeros_like(t, dtype=torch.bool)  # an end was already jumped to
-    obj = _Objective(xy, q, w)
+    lo, hi = xp.zeros_like(t), xp.full_like(t, theta)
+    tried = t != t  # an end was already jumped to (all False)
     for _ in range(_SMALL_NEWTON):
-        g, h, _ = obj.derivatives(t)
-        assert h is not None
-        lo = torch.where(g < 0, t, lo)
-        hi = torch.where(g > 0, t, hi)
-        newton = t - g / h
-        ok = (newton > lo) & (newton < hi)  # also refuses NaN (0 / inf on a cusp is 0: kept)
+        g, h = _slope_and_curvature(xy, q, w, t)
+        lo = xp.where(g < 0, t, lo)
+        hi = xp.where(g > 0, t, hi)
+        newton = t - g / h  # 0 / inf on a cusp is 0: kept; NaN is refused below
+        ok = (newton > lo) & (newton < hi)
         to_low = (newton <= lo) & (lo == 0) & ~tried
         to_high = (newton >= hi) & (hi == theta) & ~tried
-        tried |= to_low | to_high
-        jump = torch.where(to_low, lo, torch.where(to_high, hi, 0.5 * (lo + hi)))
-        moved = torch.where(g == 0, t, torch.where(ok, newton, jump))
-        settled = bool(((moved - t).abs() <= tol).all())  # the certificate below decides
+        tried = tried | to_low | to_high
+        jump = xp.where(to_low, lo, xp.where(to_high, hi, 0.5 * (lo + hi)))
+        moved = xp.where(g == 0, t, xp.where(ok, newton, jump))
+        settled = bool((abs(moved - t) <= tol).all())  # the certificate below decides
         t = moved
         if settled:
             break
     t = _certify(xy, q, w, t, lo, hi, theta)
-    return _snap_to_ends(xy, q, w, t.clamp_(0, theta), theta)
+    return _snap_to_ends(xy, q, w, xp.clip(t, 0, theta), theta)
+
+
+def _certify(
+    xy: Array, q: Array, w: Array | None, t: Array, lo: Array, hi: Array, theta: float
+) -> Array:
+    """Make every (B,) ``t`` within ``PROGRESS_TOLERANCE · θ`` of a minimiser, provably.
+
+    The objective is convex, so slopes (float64) of sign <= 0 at ``t - tol`` and >= 0 at
+    ``t + tol`` put a minimiser within ``tol`` of ``t`` (an end of [0, θ] within ``tol`` needs
+    no test); both are evaluated in one batch. A row that fails (its minimum is flat and
+    kinked: samples on or near their cusps, where Newton's error prediction does not hold) is
+    finished by :func:`_bracket_search` inside its bracket ``[lo, hi]`` (slope <= 0 at ``lo``,
+    >= 0 at ``hi``) narrowed by the two tests.
+
+    Args:
+        xy, q, w: as for :func:`_grid_slopes`, all B rows.
+        t, lo, hi: (B,) angles and brackets.
+    """
+    xp = _xp(q)
+    tol = PROGRESS_TOLERANCE * theta
+    left, right = t - tol, t + tol
+    g = _grid_slopes(xy, q, w, xp.stack([left, right], -1))
+    left_ok = (left <= 0) | (g[:, 0] <= 0)  # a minimiser at or right of `left`
+    right_ok = (right >= theta) | (g[:, 1] >= 0)  # ... at or left of `right`
+    bad = ~(left_ok & right_ok)
+    if not bool(bad.any()):
+        return t
+    rows = xp.where(bad)[0]
+    lo_ok, hi_ok = left_ok[rows], right_ok[rows]
+    l_r, r_r, lo_r, hi_r = left[rows], right[rows], lo[rows], hi[rows]
+    # A test that held bounds the minimiser on its side; one that failed, on the other.
+    lo_r = xp.maximum(lo_r, xp.where(lo_ok, l_r, xp.where(hi_ok, lo_r, r_r)))
+    hi_r = xp.minimum(hi_r, xp.where(hi_ok, r_r, xp.where(lo_ok, hi_r, l_r)))
+    lo_r = xp.clip(lo_r, 0, theta)
+    hi_r = xp.maximum(xp.clip(hi_r, 0, theta), lo_r)
+    wr = w if w is None or w.ndim == 1 else w[rows]
+    out = _copy(t)
+    out[rows] = _bracket_search(xy[rows], q[rows], wr, lo_r, hi_r, theta)
+    return out
 
 
 def _newton(
@@ -510,44 +590,6 @@ def _newton(
     return out, out_lo, out_hi
 
 
-def _certify(
-    xy: Tensor, q: Tensor, w: Tensor | None, t: Tensor, lo: Tensor, hi: Tensor, theta: float
-) -> Tensor:
-    """Make every (B,) ``t`` within ``PROGRESS_TOLERANCE · θ`` of a minimiser, provably.
-
-    The objective is convex, so slopes (float64) of sign <= 0 at ``t - tol`` and >= 0 at
-    ``t + tol`` put a minimiser within ``tol`` of ``t`` (an end of [0, θ] within ``tol`` needs
-    no test); both are evaluated in one batch. A row that fails (its minimum is flat and
-    kinked: samples on or near their cusps, where Newton's error prediction does not hold) is
-    finished by :func:`_bracket_search` inside its bracket ``[lo, hi]`` (slope <= 0 at ``lo``,
-    >= 0 at ``hi``) narrowed by the two tests.
-
-    Args:
-        xy, q, w: as for :func:`_grid_slopes`, all B rows.
-        t, lo, hi: (B,) angles and brackets.
-    """
-    tol = PROGRESS_TOLERANCE * theta
-    left, right = t - tol, t + tol
-    g = _grid_slopes(xy, q, w, torch.stack([left, right], -1))
-    left_ok = (left <= 0) | (g[:, 0] <= 0)  # a minimiser at or right of `left`
-    right_ok = (right >= theta) | (g[:, 1] >= 0)  # ... at or left of `right`
-    bad = ~(left_ok & right_ok)
-    if not bool(bad.any()):
-        return t
-    rows = bad.nonzero().squeeze(-1)
-    lo_ok, hi_ok = left_ok[rows], right_ok[rows]
-    l_r, r_r = left[rows], right[rows]
-    # A test that held bounds the minimiser on its side; one that failed, on the other.
-    lo_r = torch.maximum(lo[rows], torch.where(lo_ok, l_r, torch.where(hi_ok, lo[rows], r_r)))
-    hi_r = torch.minimum(hi[rows], torch.where(hi_ok, r_r, torch.where(lo_ok, hi[rows], l_r)))
-    lo_r = lo_r.clamp(0, theta)
-    hi_r = torch.maximum(hi_r.clamp(0, theta), lo_r)
-    wr = w if w is None or w.ndim == 1 else w[rows]
-    out = t.clone()
-    out[rows] = _bracket_search(xy[rows], q[rows], wr, lo_r, hi_r, theta)
-    return out
-
-
 def _solve(
     xy: Tensor, q: Tensor, w: Tensor | None, theta: float, sums: Tensor | None = None
 ) -> Tensor:
@@ -570,7 +612,10 @@ def _solve(
         sums = xy.sum(-1) if w is None else (xy @ w if w.ndim == 1 else (xy * w[:, None]).sum(-1))
     t = torch.atan2(sums[:, 1], sums[:, 0]).clamp_(0, theta)
     if q.numel() <= _SMALL_ELEMENTS:
-        return _solve_small(xy, q, w, t, theta)
+        if q.device.type != "cpu":
+            return _solve_small(xy, q, w, t, theta)
+        host = [None if a is None else a.detach().numpy() for a in (xy, q, w, t)]
+        return torch.from_numpy(_solve_small(*host, theta))  # type: ignore[arg-type]
     coarse = None
     if q.numel() >= _COARSE_ELEMENTS:  # below that, per-op overhead outweighs bandwidth
         f32 = torch.float32
