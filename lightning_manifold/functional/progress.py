@@ -421,9 +421,10 @@ def _solve_small(xy: Array, q: Array, w: Array | None, t: Array, theta: float) -
         lo = xp.where(g < 0, t, lo)
         hi = xp.where(g > 0, t, hi)
         newton = t - g / h  # 0 / inf on a cusp is 0: kept; NaN is refused below
-        ok = (newton > lo) & (newton < hi)
-        to_low = (newton <= lo) & (lo == 0) & ~tried
-        to_high = (newton >= hi) & (hi == theta) & ~tried
+        # (at an end of the bracket only when the step is below rounding: converged)
+        ok = (newton >= lo) & (newton <= hi)
+        to_low = (newton < lo) & (lo == 0) & ~tried
+        to_high = (newton > hi) & (hi == theta) & ~tried
         tried = tried | to_low | to_high
         jump = xp.where(to_low, lo, xp.where(to_high, hi, 0.5 * (lo + hi)))
         moved = xp.where(g == 0, t, xp.where(ok, newton, jump))
