@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -615,7 +616,8 @@ class ManifoldCallback(Callback):
         monitored = {**scalars, f"manifold/{snapshot.probe}/valid": float(snapshot.valid)}
         for key in self._monitored.get(snapshot.probe, set()) - monitored.keys():
             trainer.callback_metrics[key] = torch.tensor(math.nan)
-        as_tensors = torch.tensor([float(v) for v in monitored.values()]).unbind()  # one op
+        host = np.array([float(v) for v in monitored.values()], dtype=np.float32)
+        as_tensors = torch.from_numpy(host).unbind()  # one tensor for all keys
         trainer.callback_metrics.update(zip(monitored, as_tensors))
         self._monitored[snapshot.probe] = set(monitored)
 

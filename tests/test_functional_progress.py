@@ -203,13 +203,15 @@ def test_progress_from_log_probs_finite_for_huge_logits(dtype):
     np.testing.assert_allclose(R.as_np(res.distance), ref_d, rtol=0, atol=DIST_TOL[dtype])
 
 
-@pytest.fixture(params=["newton", "small"])
+@pytest.fixture(params=["newton", "small-numpy", "small-torch"])
 def solver(request, monkeypatch):
-    """Both solvers of ``_solve``: Newton with its bookkeeping (large problems) and the few
-    fixed Newton steps + bracket search of small ones, chosen by problem size."""
+    """Every solver of ``_solve``: Newton with its bookkeeping (large problems) and the few
+    fixed Newton steps + bracket search of small ones, chosen by problem size, on numpy arrays
+    (the CPU) or on tensors (what an accelerator runs)."""
     progress_module = importlib.import_module("lightning_manifold.functional.progress")
     small = 0 if request.param == "newton" else 1 << 40
     monkeypatch.setattr(progress_module, "_SMALL_ELEMENTS", small)
+    monkeypatch.setattr(progress_module, "_SMALL_ON_HOST", request.param == "small-numpy")
     return request.param
 
 
