@@ -618,7 +618,8 @@ def _solve(
         if q.device.type != "cpu" or not _SMALL_ON_HOST:  # accelerators: the torch code
             return _solve_small(xy, q, w, t, theta)
         host = [None if a is None else a.detach().numpy() for a in (xy, q, w, t)]
-        return torch.from_numpy(_solve_small(*host, theta))  # type: ignore[arg-type]
+        with np.errstate(all="ignore"):  # inf/NaN on cusps are handled, as in torch
+            return torch.from_numpy(_solve_small(*host, theta))  # type: ignore[arg-type]
     coarse = None
     if q.numel() >= _COARSE_ELEMENTS:  # below that, per-op overhead outweighs bandwidth
         f32 = torch.float32
