@@ -1511,7 +1511,18 @@ def report_html(
     names = run_names(stores)
     groups = run_groups(stores, names, group_by)
     n_components = max(n_components, max(stress_at))
-    ref = embed_stores(stores, names, n_components=n_components, max_models=max_models)
+    comparable = [s for s in stores if int(s.valid.sum()) >= 2]
+    trajectories: list[Trajectory] | None = None
+    if len(stores) >= 2 and len(comparable) == len(stores):
+        # read every store once: the map and the comparison share the loaded runs
+        runs = Runs(
+            load_trajectories(stores, names, groups), stores[0].labels,
+            stores[0].num_classes, stores[0].probe_name, list(stores),
+        )  # fmt: skip
+        trajectories = runs.trajectories
+        ref = runs.embedding(n_components, max_models=max_models)
+    else:
+        ref = embed_stores(stores, names, n_components=n_components, max_models=max_models)
     frame = embedding_frame(ref, title=f"{len(stores)} run(s)", groups=groups)
     stress = explained_stress_table(stores, stress_at, ref)
     sections: list[str] = []
@@ -1541,9 +1552,7 @@ def report_html(
         "<h2>Progress</h2>\n" + _png_tag(plots.progress_figure(frame), "progress curves") + "\n"
         + _png_tag(plots.diagnostics_figure(frame), "distance to the geodesic")
     )  # fmt: skip
-    comparable = [s for s in stores if int(s.valid.sum()) >= 2]
-    if len(stores) >= 2 and len(comparable) == len(stores):
-        trajectories = load_trajectories(stores, names, groups)
+    if trajectories is not None:
         comparison = _compare(trajectories, n_points=n_points, tube_points=50, figures=True)
         left, right = comparison.top_split
         split = f"{{{', '.join(left)}}} | {{{', '.join(right)}}}"
