@@ -86,8 +86,8 @@ class _SqrtTrajectory:
         span = s[k + 1] - s[k]
         alpha = torch.where(span != 0, (g - s[k]) / torch.where(span != 0, span, 1.0), 0)
         w0, w1 = _slerp_weights(self.theta[k], alpha.to(A.dtype)[:, None])
-        x = w0[..., None] * A[k] + w1[..., None] * A[k + 1]
-        return x / x.norm(dim=-1, keepdim=True)  # back on the sphere against rounding
+        x = A[k].mul_(w0[..., None]).addcmul_(A[k + 1], w1[..., None])  # in place on gathers
+        return x.div_(x.norm(dim=-1, keepdim=True))  # back on the sphere against rounding
 
 
 def reindex_by_progress(
