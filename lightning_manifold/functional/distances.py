@@ -41,11 +41,6 @@ __all__ = [
 # per-sample coefficients stays in cache and the Python loop over blocks costs little.
 _SAMPLE_CHUNK = 32
 _MODEL_BLOCK = 200
-# All pairs within one set of models: smaller square blocks, so that one chunk of per-sample
-# coefficients (16 x 112 x 112 float64, 1.6 MB) stays in cache between the GEMM that writes
-# it and the product that reads it; about 1.4x faster than 200 x 200 x 32 for 900 models.
-_PAIR_BLOCK = 112
-_PAIR_CHUNK = 16
 # Coefficients per block when few rows meet many columns (one new model against a reference):
 # wider blocks and longer sample chunks there, so a handful of GEMMs covers everything.
 _BLOCK_ELEMENTS = 2**20
@@ -111,6 +106,13 @@ def _block_log_bc(
             acc += run.log()
             run.fill_(1)
     return acc.add_(run.log_())
+
+
+# All pairs within one set of models: smaller square blocks, so that one chunk of per-sample
+# coefficients (16 x 112 x 112 float64, 1.6 MB) stays in cache between the GEMM that writes
+# it and the product that reads it; about 1.4x faster than 200 x 200 x 32 for 900 models.
+_PAIR_BLOCK = 112
+_PAIR_CHUNK = 16
 
 
 def _pairwise_log_bc(
