@@ -1240,13 +1240,42 @@ def explained_stress_table(
     Args:
         source: the runs (a :class:`Runs` or the stores).
         ks: numbers of axes.
-        ref: the map already fitted: its eigenvalues are reused where they suffice, and the
-            models it embedded (``max_models``) are the ones used.
+        ref: the map already fitted on ``source``: its eigenvalues are reused where they
+            suffice, its d_B matrix (``fit_distances``) when it has one, and the models it
+            embedded (``max_models``) are the ones used.
         n_geodesic: interior geodesic points (default: those of ``ref``, else 16).
     """
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise ValueError(f"`ks` (--stress-at) must be positive integers, got {ks}")
+    fitted = None if ref is None else ref.fit_distances
+    if fitted is not None and ref is not None and ref.has_landmarks:
+        # the map's own matrix is this one: models first, then the same landmarks
+        D, m = fitted.to(torch.float64), ref.num_models
+    else:
+        D, m = _stress_matrix(source, ref, n_geodesic, fitted)
+
+    def stress(M: Tensor) -> np.ndarray:
+        res = F.inpca(M, n_components=min(max(ks), M.shape[0]))
+        return _stress(res.eigenvalues, float(res.total_stress), ks)
+
+    models = stress(D[:m, :m])
+    if ref is not None and ref.has_landmarks and min(max(ks), ref.num_points) <= ref.n_components:
+        with_landmarks = _stress(ref.eigenvalues, ref.total_stress, ks)
+    else:
+        with_landmarks = stress(D)
+    return StressTable(np.array(ks), models, with_landmarks)
+
+
+def _stress_matrix(
+    source: Runs | Sequence[TrajectoryStore],
+    ref: ReferenceEmbedding | None,
+    n_geodesic: int,
+    fitted: Tensor | None,
+) -> tuple[Tensor, int]:
+    """The d_B matrix of the models and the landmarks of :func:`explained_stress_table`, and
+    the number of models; ``fitted``: the models' block already computed (a map without
+    landmarks), so only the landmark rows are new."""
     if isinstance(source, Runs):
         per_run = [(t.log_probs, np.asarray(t.steps)) for t in source.trajectories]
         labels, num_classes = torch.as_tensor(source.labels), source.num_classes
@@ -1269,24 +1298,16 @@ def explained_stress_table(
     lp_land = torch.cat([torch.full_like(lp[:1], -math.log(num_classes)),
                          geodesic_log_probs(labels, num_classes, alphas).to(lp)])  # fmt: skip
     D = torch.zeros((m + n_geodesic + 2, m + n_geodesic + 2), dtype=torch.float64)
-    D[:m, :m] = F.bhattacharyya_from_log_probs(lp).to(torch.float64)
+    if fitted is not None and fitted.shape == (m, m):
+        D[:m, :m] = fitted.to(device="cpu", dtype=torch.float64)
+    else:
+        D[:m, :m] = F.bhattacharyya_from_log_probs(lp).to(torch.float64)
     D[m:-1, :m] = F.bhattacharyya_from_log_probs(lp_land, lp).to(torch.float64)
     D[m:-1, m:-1] = F.bhattacharyya_from_log_probs(lp_land).to(torch.float64)
     d_truth = F.distance_to_truth_from_log_probs(torch.cat([lp, lp_land]), labels)
     D[-1, :-1] = d_truth.to(torch.float64).reshape(-1)
     D = torch.tril(D, -1)
-    D = D + D.T  # symmetric by construction, zero diagonal
-
-    def stress(M: Tensor) -> np.ndarray:
-        res = F.inpca(M, n_components=min(max(ks), M.shape[0]))
-        return _stress(res.eigenvalues, float(res.total_stress), ks)
-
-    models = stress(D[:m, :m])
-    if ref is not None and ref.has_landmarks and min(max(ks), ref.num_points) <= ref.n_components:
-        with_landmarks = _stress(ref.eigenvalues, ref.total_stress, ks)
-    else:
-        with_landmarks = stress(D)
-    return StressTable(np.array(ks), models, with_landmarks)
+    return D + D.T, m  # symmetric by construction, zero diagonal
 
 
 def _model_subset(steps_per_run: Sequence[np.ndarray], ref: ReferenceEmbedding) -> np.ndarray:
@@ -1497,7 +1518,18 @@ def report_html(
     names = run_names(stores)
     groups = run_groups(stores, names, group_by)
     n_components = max(n_components, max(stress_at))
-    ref = embed_stores(stores, names, n_components=n_components, max_models=max_models)
+    comparable = [s for s in stores if int(s.valid.sum()) >= 2]
+    trajectories: list[Trajectory] | None = None
+    if len(stores) >= 2 and len(comparable) == len(stores):
+        # read every store once: the map and the comparison share the loaded runs
+        runs = Runs(
+            load_trajectories(stores, names, groups), stores[0].labels,
+            stores[0].num_classes, stores[0].probe_name, list(stores),
+        )  # fmt: skip
+        trajectories = runs.trajectories
+        ref = runs.embedding(n_components, max_models=max_models)
+    else:
+        ref = embed_stores(stores, names, n_components=n_components, max_models=max_models)
     frame = embedding_frame(ref, title=f"{len(stores)} run(s)", groups=groups)
     stress = explained_stress_table(stores, stress_at, ref)
     sections: list[str] = []
@@ -1527,9 +1559,7 @@ def report_html(
         "<h2>Progress</h2>\n" + _png_tag(plots.progress_figure(frame), "progress curves") + "\n"
         + _png_tag(plots.diagnostics_figure(frame), "distance to the geodesic")
     )  # fmt: skip
-    comparable = [s for s in stores if int(s.valid.sum()) >= 2]
-    if len(stores) >= 2 and len(comparable) == len(stores):
-        trajectories = load_trajectories(stores, names, groups)
+    if trajectories is not None:
         comparison = _compare(trajectories, n_points=n_points, tube_points=50, figures=True)
         left, right = comparison.top_split
         split = f"{{{', '.join(left)}}} | {{{', '.join(right)}}}"

@@ -176,6 +176,9 @@ class ReferenceEmbedding:
             interpolation between snapshots, thesis text at eq. 2.2.5); grid_valid: (R, S) bool.
         probe_name: name of the probe the runs were recorded on.
         meta: free-form JSON-able metadata.
+        fit_distances: (m, m) float64 d_B matrix (eq. 2.2.2) of the embedded points that
+            :meth:`fit` eigen-decomposed, so callers need not compute it again; None for a
+            reference read with :meth:`load` or moved with :meth:`to` (it is not saved).
 
     Axes are oriented so that truth minus ignorance is non-negative on every axis.
     """
@@ -234,6 +237,8 @@ class ReferenceEmbedding:
         self.grid_valid = grid_valid
         self.probe_name = probe_name
         self.meta = dict(meta or {})
+        # (m, m) float64 d_B matrix the embedding was fitted on (set by ``fit``; not saved)
+        self.fit_distances: Tensor | None = None
         # small per-run arrays read on every update, kept on the host
         self._grid_np = grid.detach().to("cpu").numpy()
         self._grid_valid_np = grid_valid.detach().to("cpu").numpy()
@@ -590,7 +595,7 @@ class ReferenceEmbedding:
             grid_sqrt[r] = torch.sqrt(probs.to(f64)).to(dtype).clamp_min(torch.finfo(dtype).tiny)
             grid_valid[r] = valid.to(device=device, dtype=torch.bool)
 
-        return cls(
+        ref = cls(
             labels=labels.to(torch.int64),
             num_classes=num_classes,
             sqrt_probs=sqrt_probs(lp_points, dtype),
@@ -617,6 +622,8 @@ class ReferenceEmbedding:
             probe_name=probe_name,
             meta=meta,
         )
+        ref.fit_distances = D  # reused by analysis.explained_stress_table (no second d_B)
+        return ref
 
     @classmethod
     def from_store(cls, store_or_path: Any, **fit_kwargs: Any) -> ReferenceEmbedding:

@@ -34,7 +34,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Colormap, Normalize, to_hex
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Colormap, Normalize, to_hex, to_rgba_array
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -348,10 +349,27 @@ def _draw_manifold(
     extra: dict[str, Any] = {"depthshade": False} if is3d else {}
     runs = _ref_runs(frame)
     alpha = 0.6 if len(runs) <= 10 else 0.4  # many runs: a quieter cloud behind the live run
-    for _, name, color, rows in runs:
-        cols = _columns(frame.ref_coords[rows], np.asarray(frame.ref_progress)[rows], view)
-        ax.plot(*cols, color=color, linewidth=0.7, alpha=alpha / 2, zorder=1)
-        ax.scatter(*cols, s=12, color=color, alpha=alpha, linewidths=0, label=name, **extra)
+    if is3d:
+        # 3D sorts artists by depth: one artist per run keeps P0 and P* in front of the cloud
+        for _, name, color, rows in runs:
+            cols = _columns(frame.ref_coords[rows], np.asarray(frame.ref_progress)[rows], view)
+            ax.plot(*cols, color=color, linewidth=0.7, alpha=alpha / 2, zorder=1)
+            ax.scatter(*cols, s=12, color=color, alpha=alpha, linewidths=0, label=name, **extra)
+    elif runs:
+        # 2D: one line collection and one scatter for all runs (not two artists per run): with
+        # 20 runs, per-artist layout and drawing dominated the figure's time.
+        per_run = [
+            np.column_stack(
+                _columns(frame.ref_coords[rows], np.asarray(frame.ref_progress)[rows], view)
+            )
+            for _, _, _, rows in runs
+        ]
+        colors = to_rgba_array([color for _, _, color, _ in runs])
+        ax.add_collection(
+            LineCollection(per_run, colors=colors, linewidths=0.7, alpha=alpha / 2, zorder=1)
+        )
+        point_colors = np.repeat(colors, [len(x) for x in per_run], axis=0)
+        ax.scatter(*np.concatenate(per_run).T, s=12, c=point_colors, alpha=alpha, linewidths=0)
 
     geo = np.asarray(frame.geodesic, dtype=float)
     if geo.shape[0]:

@@ -175,6 +175,33 @@ def test_explained_stress_for_any_k_models_alone_and_with_landmarks(runs) -> Non
     )
 
 
+def test_stress_table_reuses_the_fitted_matrix_with_or_without_landmarks(runs) -> None:
+    ks = [1, 2, 5, 20]
+    P = np.exp(np.concatenate([t.log_probs.numpy() for t in runs.trajectories]))
+    m = P.shape[0]
+    landmarks = R.ignorance_truth_points(runs.labels, C, np.linspace(0.0, 1.0, 18))
+    plain_all = np.concatenate([P, landmarks])
+    plain_D = np.array(
+        [[-np.mean(np.log(np.sqrt(a * b).sum(-1))) for b in plain_all] for a in plain_all]
+    )
+    for with_landmarks in (True, False):
+        ref = runs.embedding(n_components=3, landmarks=with_landmarks)
+        fitted = ref.fit_distances.numpy()
+        size = m + 18 if with_landmarks else m
+        np.testing.assert_allclose(fitted, plain_D[:size, :size], rtol=1e-9, atol=1e-12)
+        table = analysis.explained_stress_table(runs, ks, ref)
+        np.testing.assert_allclose(table.models, _plain_spectrum_stress(P, ks), rtol=1e-8)
+        np.testing.assert_allclose(
+            table.with_landmarks, _plain_spectrum_stress(plain_all, ks), rtol=1e-8
+        )
+        ref.fit_distances = None  # as after ReferenceEmbedding.load: computed again, same table
+        again = analysis.explained_stress_table(runs, ks, ref)
+        # k = 20 keeps all but rounding: 1 - sqrt(residual) is only good to ~sqrt(eps)
+        tol = 10 * np.sqrt(np.finfo(np.float64).eps)
+        np.testing.assert_allclose(again.models, table.models, rtol=tol)
+        np.testing.assert_allclose(again.with_landmarks, table.with_landmarks, rtol=tol)
+
+
 def test_reindexing_by_error_compares_runs_at_equal_accuracy(runs) -> None:
     by_error = runs.distances(n_points=12, index="error").matrix
     u, v = runs.trajectories[0], runs.trajectories[2]

@@ -64,23 +64,30 @@ class _SqrtTrajectory:
         """(S, N, C) unit sqrt-probabilities at progress values ``g`` (NaN where not
         covered) and (S,) bool coverage."""
         A, s = self.A, self.s
-        out = torch.full((g.shape[0], *A.shape[1:]), math.nan, dtype=A.dtype, device=A.device)
         if A.shape[0] == 1:
             hit = g == s[0]
+            out = torch.full((g.shape[0], *A.shape[1:]), math.nan, dtype=A.dtype, device=A.device)
             out[hit] = A[0]
             return out, hit
         covers = (g[:, None] >= self.lo[None, :]) & (g[:, None] <= self.hi[None, :])  # (S, T-1)
         valid = covers.any(1)
         seg = torch.argmax(covers.to(torch.int8), dim=1)  # first covering segment
+        if bool(valid.all()):  # the usual case: no NaN-filled copy to scatter into
+            return self._between(seg, g), valid
+        out = torch.full((g.shape[0], *A.shape[1:]), math.nan, dtype=A.dtype, device=A.device)
         idx = valid.nonzero().squeeze(-1)
         if idx.numel():
-            k = seg[idx]
-            span = s[k + 1] - s[k]
-            alpha = torch.where(span != 0, (g[idx] - s[k]) / torch.where(span != 0, span, 1.0), 0)
-            w0, w1 = _slerp_weights(self.theta[k], alpha.to(A.dtype)[:, None])
-            x = w0[..., None] * A[k] + w1[..., None] * A[k + 1]
-            out[idx] = x / x.norm(dim=-1, keepdim=True)  # back on the sphere against rounding
+            out[idx] = self._between(seg[idx], g[idx])
         return out, valid
+
+    def _between(self, k: Tensor, g: Tensor) -> Tensor:
+        """(S, N, C) geodesic points at progress ``g`` within segments ``k`` (eq. 2.2.3)."""
+        A, s = self.A, self.s
+        span = s[k + 1] - s[k]
+        alpha = torch.where(span != 0, (g - s[k]) / torch.where(span != 0, span, 1.0), 0)
+        w0, w1 = _slerp_weights(self.theta[k], alpha.to(A.dtype)[:, None])
+        x = A[k].mul_(w0[..., None]).addcmul_(A[k + 1], w1[..., None])  # in place on gathers
+        return x.div_(x.norm(dim=-1, keepdim=True))  # back on the sphere against rounding
 
 
 def reindex_by_progress(
@@ -136,9 +143,33 @@ def _check_runs(
     return runs
 
 
+# Samples whose coefficients are multiplied before one log is taken (see _neg_log_mean).
+_LOG_GROUP = 16
+
+
 def _neg_log_mean(bc: Tensor) -> Tensor:
-    """``-mean_n log BC``: (N, ...) Bhattacharyya coefficients -> (...) distances d_B."""
-    return -bc.clamp(0, 1).log().mean(0)
+    """``-mean_n log BC``: (N, ...) Bhattacharyya coefficients -> (...) distances d_B.
+
+    One log per product of ``_LOG_GROUP`` coefficients instead of one per sample (the log
+    dominated the cost); a group whose product nears underflow is summed log by log.
+    """
+    bc = bc.clamp(0, 1)
+    N = bc.shape[0]
+    full = N - N % _LOG_GROUP
+    total = bc[full:].log().sum(0)
+    if full:
+        groups = bc[:full].reshape(full // _LOG_GROUP, _LOG_GROUP, *bc.shape[1:])
+        prod = groups
+        while prod.shape[1] > 1:  # pairwise halving: contiguous multiplies, no strided prod
+            half = prod.shape[1] // 2
+            prod = prod[:, :half] * prod[:, half : 2 * half]
+        prod = prod[:, 0]
+        small = prod < torch.finfo(bc.dtype).tiny ** 0.49  # T with T * T still normal
+        logs = torch.where(small, torch.ones_like(prod), prod).log()
+        if bool(small.any()):  # rare: tiny or zero coefficients, exactly log by log
+            logs = torch.where(small, groups.log().sum(1), logs)
+        total = total + logs.sum(0)
+    return -total / N
 
 
 def trajectory_distances(
@@ -195,11 +226,13 @@ def trajectory_distances(
     grid = torch.linspace(0.0, 1.0, n_points, dtype=f64)
     # d_B at equal progress on the fixed grid: (S, R, R), NaN where a run is not there
     d_grid = torch.empty((n_points, R, R), dtype=f64)
+    iu, ju = torch.triu_indices(R, R, 1, device=device)  # each pair once: half the logs
     for a in range(0, n_points, chunk):
         g = grid[a : a + chunk].to(device)
         x = torch.stack([r.at(g)[0] for r in runs], dim=2)  # (s, N, R, C)
         bc = torch.matmul(x, x.transpose(-1, -2))  # (s, N, R, R) batched GEMM
-        d_grid[a : a + chunk] = _neg_log_mean(bc.transpose(0, 1)).to(device="cpu", dtype=f64)
+        d = _neg_log_mean(bc[:, :, iu, ju].transpose(0, 1)).to(device="cpu", dtype=f64)
+        d_grid[a : a + chunk, iu.cpu(), ju.cpu()] = d  # (s, pairs); only i < j is read below
     # d_B at each pair's two end points (not on the grid): every run at its 2(R-1) ends
     ends = torch.stack([lo, hi], dim=-1)  # (R, R, 2)
     at_ends = [r.at(ends[i].reshape(-1).to(device))[0].reshape(R, 2, -1, r.A.shape[-1])
