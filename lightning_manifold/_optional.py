@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 from types import ModuleType
+from typing import Any
 
 __all__ = ["is_available", "missing_message", "require"]
 
@@ -81,3 +82,14 @@ def require(
         raise ModuleNotFoundError(
             missing_message(module_name, extra, purpose), name=module_name.split(".")[0]
         ) from err
+
+
+class LazyModule:
+    """A module imported at its first attribute access: heavy imports (matplotlib) are paid only
+    by the code paths that draw."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)

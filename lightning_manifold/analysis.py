@@ -37,23 +37,26 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from lightning_manifold import functional as F
-from lightning_manifold import plots
-from lightning_manifold._optional import is_available
+from lightning_manifold._optional import LazyModule, is_available
 from lightning_manifold._runs import stores_below as _stores_below
 from lightning_manifold.embedding import ReferenceEmbedding, as_log_probs
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.functional import trajectory as TR
 from lightning_manifold.snapshot import Snapshot
 from lightning_manifold.store import TrajectoryStore, load_stores
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib is imported by the first figure, not by tables and numbers (`--no-figures`)
+plots = LazyModule("lightning_manifold.plots")
 
 __all__ = [
     "Comparison",
@@ -128,6 +131,9 @@ def _progress_bar(iterable: Iterable[_T], *, desc: str, total: int | None = None
 
 def _new_figure(figsize: tuple[float, float], dpi: float = 100.0) -> Figure:
     """A matplotlib Figure on an Agg canvas (no pyplot, nothing to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig

@@ -23,18 +23,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from lightning_manifold import functional as F
-from lightning_manifold import plots
-from lightning_manifold.analysis import DEFAULT_PROBE, Runs, _new_figure, _Table, load_runs
+from lightning_manifold.analysis import DEFAULT_PROBE, Runs, _new_figure, _Table, load_runs, plots
 from lightning_manifold.functional.inpca import InPCAResult
 from lightning_manifold.store import TrajectoryStore
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "FourPointEmbedding",

@@ -61,6 +61,8 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 #: What a fresh run (no checkpoint restored) does with a store that already holds snapshots.
 IfExists = Literal["error", "overwrite", "resume"]
+#: Tasks (store appends, logger calls) the writer thread may have pending before a capture waits.
+_WRITER_BACKLOG = 64
 #: Longest wait at the end of `fit` for the drawing thread's final picture.
 _FINAL_PICTURE_TIMEOUT_S = 20.0
 
@@ -97,7 +99,9 @@ class _BackgroundWriter:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        # Bounded: if the disk or a logger falls behind, captures wait rather than holding an
+        # ever longer backlog of snapshots in memory.
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(_WRITER_BACKLOG)
         self._errors: list[Exception] = []
         self._thread = threading.Thread(
             target=self._run, name="lightning-manifold-store-writer", daemon=True
