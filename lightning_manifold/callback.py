@@ -91,7 +91,7 @@ class _RunExistsError(Exception):
 
 
 class _BackgroundWriter:
-    """Runs store writes in submission order on one daemon thread, off the training loop.
+    """Runs store writes (and TensorBoard scalars) in submission order on one daemon thread.
 
     Appending a snapshot durably (file, fsync, manifest rewrite, fsync) costs milliseconds of
     disk latency; on this thread it overlaps with training. Failures are collected and handed
