@@ -136,7 +136,7 @@ def _deterministic_signs(U: Tensor, rows: Tensor | None = None) -> Tensor:
 def _top_eigenpairs(M: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k eigenpairs of symmetric M with the largest |λ|, sorted by |λ| descending."""
     m = M.shape[0]
-    if m <= _DENSE_LIMIT or k > m // 4:
+    if m <= _DENSE_LIMIT or k > m // 32:  # Lanczos' cost grows with k: full eigh beyond
         lam, V = torch.linalg.eigh(M)
     else:
         # Partial Lanczos on the host; vectors move, the matrix stays where it is.
