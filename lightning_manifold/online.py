@@ -34,6 +34,7 @@ from torch import Tensor
 from lightning_manifold import functional as F
 from lightning_manifold.embedding import ReferenceEmbedding
 from lightning_manifold.frame import ManifoldFrame
+from lightning_manifold.functional.basis import _four_point_distances
 from lightning_manifold.functional.prediction import _as_tensor, as_log_probs
 from lightning_manifold.snapshot import Snapshot
 
@@ -343,7 +344,7 @@ class _FourPointFrame:
 
     def _distances(self, log_probs: Tensor, fit: _Fit) -> Tensor:
         """(q, 4) d_B of (q, N, C) log-probabilities to ``fit``'s basis points."""
-        return F.four_point_distances(log_probs, fit.basis_log_probs, self.labels)
+        return _four_point_distances(log_probs, fit.basis_log_probs, self.labels)
 
     def add(
         self, log_probs: Tensor, progress: float, d_ignorance: float, d_truth: float

@@ -23,9 +23,9 @@ from lightning_manifold.functional._checks import (
     check_probabilities,
 )
 from lightning_manifold.functional.distances import (
+    _distance_to_ignorance,
+    _distance_to_truth,
     bhattacharyya_from_sqrt,
-    distance_to_ignorance_from_log_probs,
-    distance_to_truth_from_log_probs,
 )
 from lightning_manifold.functional.inpca import InPCAResult, inpca, project_from_stats
 from lightning_manifold.functional.prediction import nonzero_components
@@ -111,19 +111,25 @@ def four_point_distances(log_P: ArrayLike, basis_log_probs: ArrayLike, labels: A
             f"got {tuple(B.shape)}"
         )
     y = check_labels(labels, L.shape[1], L.shape[2]).to(L.device)
+    d = _four_point_distances(L, B, y)
+    return d[0] if single else d
+
+
+def _four_point_distances(L: Tensor, B: Tensor, labels: Tensor) -> Tensor:
+    """:func:`four_point_distances` of checked (q, N, C) ``L``, (2, N, C) ``B`` and (N,) labels
+    on L's device (a live frame's own, already valid data: no second validation pass)."""
     f64 = torch.float64
     middle = bhattacharyya_from_sqrt(
         torch.exp(0.5 * L.to(f64)), torch.exp(0.5 * B.to(device=L.device, dtype=f64))
     )
-    d = torch.cat(
+    return torch.cat(
         [
-            distance_to_ignorance_from_log_probs(L).to(f64).reshape(-1, 1),
+            _distance_to_ignorance(L).to(f64).reshape(-1, 1),
             middle.to(f64).reshape(-1, 2),
-            distance_to_truth_from_log_probs(L, y).to(f64).reshape(-1, 1),
+            _distance_to_truth(L, labels).to(f64).reshape(-1, 1),
         ],
         dim=1,
     )
-    return d[0] if single else d
 
 
 class FourPointBasis(NamedTuple):
@@ -165,7 +171,7 @@ def four_point_basis(
     C = B.shape[2]
     f64 = torch.float64
     y = check_labels(labels, B.shape[1], C).to(B.device)
-    to_basis = four_point_distances(B, B, y)  # (2, 4): rows P_s1, P_s2
+    to_basis = _four_point_distances(B, B, y)  # (2, 4): rows P_s1, P_s2 (checked above)
     D = torch.zeros((4, 4), dtype=f64, device=B.device)
     D[1:3] = to_basis
     D[:, 1:3] = to_basis.T

@@ -418,9 +418,14 @@ def distance_to_ignorance_from_log_probs(log_P: ArrayLike) -> Tensor:
         (m,) distances, or a 0-dim tensor for a single (N, C) model.
     """
     L, single = check_log_probabilities(log_P, "log_P")
-    C = L.shape[-1]
-    d = (0.5 * math.log(C) - torch.logsumexp(0.5 * L, -1).mean(-1)).clamp_min_(0)
+    d = _distance_to_ignorance(L)
     return d[0] if single else d
+
+
+def _distance_to_ignorance(L: Tensor) -> Tensor:
+    """(m,) d_B to ignorance of checked (m, N, C) log-probabilities."""
+    C = L.shape[-1]
+    return (0.5 * math.log(C) - torch.logsumexp(0.5 * L, -1).mean(-1)).clamp_min_(0)
 
 
 def distance_to_ignorance(P: ArrayLike) -> Tensor:
@@ -449,9 +454,14 @@ def distance_to_truth_from_log_probs(log_P: ArrayLike, labels: ArrayLike) -> Ten
     """
     L, single = check_log_probabilities(log_P, "log_P")
     y = check_labels(labels, L.shape[1], L.shape[2]).to(L.device)
-    picked = L.gather(-1, y.view(1, -1, 1).expand(L.shape[0], -1, 1)).squeeze(-1)
-    d = -0.5 * picked.mean(-1)
+    d = _distance_to_truth(L, y)
     return d[0] if single else d
+
+
+def _distance_to_truth(L: Tensor, labels: Tensor) -> Tensor:
+    """(m,) d_B to the truth of checked (m, N, C) log-probabilities and (N,) labels."""
+    picked = L.gather(-1, labels.view(1, -1, 1).expand(L.shape[0], -1, 1)).squeeze(-1)
+    return -0.5 * picked.mean(-1)
 
 
 def distance_to_truth(P: ArrayLike, labels: ArrayLike) -> Tensor:
