@@ -138,7 +138,10 @@ def check_log_probabilities(
     """
     t, single = _batched(as_tensor(log_P, name), name, "log-probabilities")
     if normalised:
-        check_row_sums(torch.logsumexp(t, -1).exp_(), name)
+        sums = t.exp().sum(-1)  # half the cost of logsumexp; exact for log-probabilities <= 0
+        if not bool(torch.isfinite(sums).all()):  # overflow, +inf or NaN: say which
+            sums = torch.logsumexp(t, -1).exp_()
+        check_row_sums(sums, name)
     return t, single
 
 
