@@ -296,7 +296,11 @@ def _grid_fractions(like: Array, k: int) -> Array:
 
 
 def _weighted_rows(v: Array, w: Array | None) -> Array:
-    """Σ_n w_n v[b, ..., n] for (B, ..., N) ``v``; ``w`` is None, (N,) or (B, N)."""
+    """Σ_n w_n v[b, ..., n] for (B, ..., N) ``v``; ``w`` is None, (N,) or (B, N).
+
+    The allocating, numpy-or-torch form for the small solver; :func:`_weighted_sum` writes
+    (B, N) sums into preallocated buffers for the large-problem Newton loop.
+    """
     if w is None:
         return v.sum(-1)
     if w.ndim == 1:
