@@ -35,6 +35,7 @@ from lightning_manifold import functional as F
 from lightning_manifold._ddp import gather_probe, preserved_rng_state
 from lightning_manifold._names import check_dir_name
 from lightning_manifold.embedding import ReferenceEmbedding
+from lightning_manifold.functional.distances import _few_pair_distances
 from lightning_manifold.online import OnlineManifold
 from lightning_manifold.probe import ProbeSet, _tensor_leaves, evaluation_mode
 from lightning_manifold.schedule import Schedule
@@ -77,6 +78,14 @@ class _FatalCaptureError(Exception):
 
 class _LoggerError(Exception):
     """A logger's ``log_metrics`` failed on the writer thread."""
+
+
+def _sqrt_probs(log_probs: Tensor) -> Tensor | np.ndarray:
+    """(N, C) sqrt-probabilities in the log-probabilities' dtype, for ``speed``: a numpy array
+    on the CPU (where the few operations of a capture are cheaper in numpy), else a tensor."""
+    if log_probs.device.type == "cpu" and log_probs.dtype in (torch.float32, torch.float64):
+        return np.exp(0.5 * log_probs.detach().numpy())
+    return (0.5 * log_probs).exp()
 
 
 def _log_metrics(logger: Logger, scalars: dict[str, float], step: int) -> None:
@@ -340,7 +349,8 @@ class ManifoldCallback(Callback):
         self._store_paths: dict[str, str] = {}
         self._stores: dict[str, TrajectoryStore] = {}
         self._writer: _BackgroundWriter | None = None  # rank zero, during training
-        self._previous: dict[str, tuple[int, Tensor]] = {}  # probe -> (step, (N, C) sqrt-probs)
+        # probe -> (step, (N, C) sqrt-probs)
+        self._previous: dict[str, tuple[int, Tensor | np.ndarray]] = {}
         self._shards: dict[str, ProbeSet] = {}
         self._validated: set[str] = set()
         self._restored: dict[str, Any] | None = None
@@ -857,13 +867,13 @@ class ManifoldCallback(Callback):
             "error": g.error,
             "cross_entropy": g.cross_entropy,
         }
-        sqrt_probs = (0.5 * log_probs).exp()  # (N, C)
+        sqrt_probs = _sqrt_probs(log_probs)
         previous = self._previous.get(name)
         if previous is not None and step > previous[0]:
-            d_b = F.bhattacharyya_from_sqrt(previous[1], sqrt_probs)  # eq. 2.2.2
-            values["speed"] = d_b / (step - previous[0])
+            d_b = _few_pair_distances(previous[1][None], sqrt_probs[None])  # eq. 2.2.2, (1, 1)
+            values["speed"] = torch.as_tensor(d_b / (step - previous[0]))
         self._previous[name] = (step, sqrt_probs)
-        stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values.values()])
+        stacked = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in values.values()])
         keys = list(values)
         if classes is not None:  # per-class progress of the classes present (thesis fig. 3.2a)
             per_class = g.per_class_progress[classes.classes]
@@ -1111,7 +1121,7 @@ class ManifoldCallback(Callback):
         step = int(store.steps[valid][-1])
         device = trainer.strategy.root_device
         log_probs_t = torch.tensor(log_probs, dtype=self.dtype, device=device)
-        self._previous[name] = (step, (0.5 * log_probs_t).exp())
+        self._previous[name] = (step, _sqrt_probs(log_probs_t))
 
     def _store_meta(self, trainer: pl.Trainer) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ from lightning_manifold import functional as F
 from lightning_manifold.embedding import ReferenceEmbedding
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.functional.basis import _four_point_distances
+from lightning_manifold.functional.distances import _few_pair_distances
 from lightning_manifold.functional.prediction import _as_tensor, as_log_probs
 from lightning_manifold.snapshot import Snapshot
 
@@ -119,7 +120,7 @@ class OnlineResult:
         return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
 
-def _row_residual(d: Tensor, x: Tensor, X: Tensor, signs: Tensor) -> Tensor:
+def _row_residual(d: Any, x: Any, X: Any, signs: Any) -> Any:
     """1 - explained pairwise distance (eq. 2.4.2) restricted to one point's row (0-dim).
 
     Args:
@@ -127,13 +128,16 @@ def _row_residual(d: Tensor, x: Tensor, X: Tensor, signs: Tensor) -> Tensor:
         x: (k,) its coordinates; X: (m, k) the embedded points' coordinates.
         signs: (k,) signs of the eigenvalues (Minkowski metric, eq. 2.2.7).
 
+    All float64 tensors, or all numpy arrays (a capture on the CPU).
+
     Returns:
-        A 0-dim float64 tensor (NaN when every distance is 0), left on the device so the
-        caller moves it to the host together with the other scalars.
+        0-dim (NaN when every distance is 0); a tensor is left on the device so the caller
+        moves it to the host together with the other scalars.
     """
-    d2 = F.minkowski_sq_distance(x.reshape(1, -1), X, signs=signs).reshape(-1).to(d.dtype)
+    xp = torch if isinstance(d, Tensor) else np
+    d2 = ((x[None, :] - X) ** 2 * signs).sum(-1)  # squared Minkowski distances (eq. 2.2.7)
     total = d.sum()
-    return (d - d2).abs().sum() / torch.where(total > 0, total, math.nan)
+    return xp.abs(d - d2).sum() / xp.where(total > 0, total, math.nan)
 
 
 #: per-snapshot scalars that the callback may already have computed at capture
@@ -183,6 +187,9 @@ _USE_AFTER_SIGMA = 2.0
 # a run reaches the level (weights ~0.1 and up) before the sum is used, so even 10^5 skipped
 # snapshots change the average P_s by less than 1e-6 of itself.
 _NEGLIGIBLE_WEIGHT = 1e-12
+# On the CPU snapshots are placed with numpy (a capture is a few dozen small operations, each
+# several times cheaper than in torch); the tests also run the torch code accelerators use.
+_PLACE_ON_HOST = True
 
 
 @dataclass
@@ -195,12 +202,42 @@ class _Fit:
     coords: Tensor  # (4, k) [P0, P_s1, P_s2, P*], zero-padded to k
     signs: Tensor  # (k,) Minkowski signature of the k displayed axes (+1 for padding)
     geodesic: Tensor  # (g + 2, k) points of the ignorance -> truth geodesic
+    host: _HostPlacement | None = None  # the same frame in numpy, for captures on the CPU
 
     def place(self, d: Tensor, k: int) -> Tensor:
         """(q, 4) distances to [P0, P_s1, P_s2, P*] -> (q, k) coordinates (eq. 2.2.9)."""
         e = self.embedding
         x = F.project_from_stats(d, e.row_means, e.grand_mean, e.eigenvalues, e.eigenvectors)
         return _pad(x.to(torch.float64), k)
+
+
+@dataclass(frozen=True)
+class _HostPlacement:
+    """A CPU fit as numpy arrays: a snapshot is placed in a few dozen microseconds.
+
+    Eq. 2.2.9 is affine in the distances: ``x = offset + d @ linear``, both read off
+    :meth:`_Fit.place` itself (at d = 0 and at the unit vectors) when the frame is fitted.
+    """
+
+    basis_sqrt: np.ndarray  # (2, N, C)
+    offset: np.ndarray  # (k,)
+    linear: np.ndarray  # (4, k)
+    coords: np.ndarray  # (4, k)
+    signs: np.ndarray  # (k,)
+    time_like: np.ndarray  # (k,) bool
+
+    @classmethod
+    def of(cls, fit: _Fit, k: int) -> _HostPlacement:
+        unit = torch.cat([torch.zeros(1, 4), torch.eye(4)]).to(fit.coords)
+        at = fit.place(unit, k).numpy()
+        return cls(
+            basis_sqrt=fit.basis_sqrt.numpy(),
+            offset=at[0],
+            linear=at[1:] - at[0],
+            coords=fit.coords.numpy(),
+            signs=fit.signs.numpy(),
+            time_like=fit.signs.numpy() < 0,
+        )
 
 
 def _pad(x: Tensor, k: int) -> Tensor:
@@ -282,11 +319,13 @@ class _FourPointFrame:
         interior = F.geodesic_log_probs(self.labels, self.num_classes, self.geodesic_alphas[1:-1])
         inner = fit.place(self._distances(interior, fit), k)
         fit.geodesic = torch.cat([fit.coords[:1], inner, fit.coords[3:]])
+        if fit.coords.device.type == "cpu" and _PLACE_ON_HOST:
+            fit.host = _HostPlacement.of(fit, k)
         return fit
 
-    def _accumulate(self, root: Tensor, progress: float) -> bool:
-        """Add one snapshot ((N, C) float64 sqrt-probabilities) to the running sums of
-        eq. 2.4.1; True when a refit is due."""
+    def _accumulate(self, root: Tensor | np.ndarray, progress: float) -> bool:
+        """Add one snapshot ((N, C) float64 sqrt-probabilities, a tensor or on the CPU an
+        array) to the running sums of eq. 2.4.1; True when a refit is due."""
         self.max_progress = max(self.max_progress, progress)
         if self._sums is None:
             return False
@@ -297,7 +336,7 @@ class _FourPointFrame:
                 continue
             w = math.exp(-((progress - s) ** 2) / (2 * self.sigma**2))
             if w > _NEGLIGIBLE_WEIGHT:
-                p = root.square() if p is None else p
+                p = torch.as_tensor(root * root) if p is None else p
                 self._sums[j].add_(p, alpha=w)
                 self._weights[j] += w
             if self.max_progress >= s + _FIX_AFTER_SIGMA * self.sigma and self._weights[j] > 0:
@@ -348,20 +387,29 @@ class _FourPointFrame:
 
     def add(
         self, log_probs: Tensor, progress: float, d_ignorance: float, d_truth: float
-    ) -> tuple[Tensor, Tensor, float]:
+    ) -> tuple[Tensor | np.ndarray, Tensor | np.ndarray, float]:
         """Place one (N, C) snapshot; (k,) coordinates, 0-dim residual, alignment RMSD.
 
         ``d_ignorance`` and ``d_truth`` are its d_B to P0 and P* (already known at capture).
+        On the CPU the coordinates and the residual are numpy arrays.
         """
-        root = torch.exp(0.5 * log_probs.to(torch.float64))
+        if self.fit.host is not None:
+            root = np.exp(0.5 * log_probs.detach().to(torch.float64).numpy())
+        else:
+            root = torch.exp(0.5 * log_probs.to(torch.float64))
         rmsd = self._refit() if self._accumulate(root, progress) else _NAN
         fit = self.fit
-        middle = F.bhattacharyya_from_sqrt(root, fit.basis_sqrt).reshape(2)
+        if fit.host is not None:
+            h = fit.host
+            middle = _few_pair_distances(root[None], h.basis_sqrt)[0]
+            d = np.array([d_ignorance, middle[0], middle[1], d_truth])
+            x = h.offset + d @ h.linear
+            return x, _row_residual(d, x, h.coords, h.signs), rmsd
+        middle = _few_pair_distances(root[None], fit.basis_sqrt)[0]
         ends = torch.tensor([d_ignorance, d_truth], dtype=torch.float64, device=middle.device)
-        d = torch.cat([ends[:1], middle.to(torch.float64), ends[1:]])
+        d = torch.cat([ends[:1], middle, ends[1:]])
         x = fit.place(d.reshape(1, 4), self.k)[0]
-        residual = _row_residual(d, x, fit.coords, fit.signs)
-        return x, residual, rmsd
+        return x, _row_residual(d, x, fit.coords, fit.signs), rmsd
 
 
 # --------------------------------------------------------------------------- the module
@@ -621,7 +669,10 @@ class OnlineManifold:
         else:
             extra, device_values = self._update_self(lp, geometry)
         # one transfer to the host for the coordinates and the residual
-        values = torch.cat([v.reshape(-1).to(torch.float64) for v in device_values]).tolist()
+        if isinstance(device_values[0], np.ndarray):
+            values = np.concatenate([np.reshape(v, -1) for v in device_values]).tolist()
+        else:
+            values = torch.cat([v.reshape(-1).to(torch.float64) for v in device_values]).tolist()
         k = self.n_components
         coords, residual = values[:k], values[k]
         (self._coords if self.reference is not None else self._self.coords).append(coords)  # type: ignore[union-attr]
@@ -711,7 +762,7 @@ class OnlineManifold:
 
     def _update_self(
         self, lp: Tensor, geometry: dict[str, Any]
-    ) -> tuple[dict[str, Any], list[Tensor]]:
+    ) -> tuple[dict[str, Any], list[Any]]:
         if self._self is None:
             assert self._labels_dev is not None
             self._self = _FourPointFrame(
@@ -728,7 +779,8 @@ class OnlineManifold:
             geometry["distance_to_ignorance"],
             geometry["distance_to_truth"],
         )
-        time_like = (self._self.fit.signs < 0).detach().to("cpu").numpy()
+        fit = self._self.fit
+        time_like = fit.host.time_like if fit.host else (fit.signs < 0).detach().to("cpu").numpy()
         return {"time_like": time_like, "alignment_rmsd": rmsd}, [x, residual]
 
     def _off_manifold(self, residual: float, distance: float, step: int) -> bool:

@@ -6,6 +6,7 @@ samples and models, ``numpy.linalg.eigh``, a grid-and-bounded-scalar search for 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -147,7 +148,17 @@ def test_four_point_basis_drops_null_axes_and_checks_arguments():
 # --------------------------------------------------------------------------- prediction geometry
 
 
-def test_prediction_geometry_matches_plain_implementations():
+@pytest.fixture(params=["numpy", "torch"])
+def geometry_path(request, monkeypatch):
+    """Both codes of ``prediction_geometry``: numpy for a model on the CPU, torch for larger
+    problems and accelerators."""
+    prediction_module = importlib.import_module("lightning_manifold.functional.prediction")
+    if request.param == "torch":
+        monkeypatch.setattr(prediction_module, "_HOST_ELEMENTS", 0)
+    return request.param
+
+
+def test_prediction_geometry_matches_plain_implementations(geometry_path):
     lp, y = models(m=5, n=30, seed=3)
     y = y.clone()
     y[y == 2] = 1  # class 2 absent: its per-class progress is NaN
@@ -173,8 +184,19 @@ def test_prediction_geometry_matches_plain_implementations():
             assert per_class[c] == pytest.approx(plain_progress(a[sel], y_np[sel]), abs=1e-6)
     plain = F.prediction_geometry(lp[2], y)
     assert plain.per_class_progress.numel() == 0
+    assert plain.progress.dtype == torch.float64
+    assert plain.progress.ndim == 0
     with pytest.raises(ValueError, match="`log_probs`"):
         F.prediction_geometry(lp, y)
+    # float32 log-probabilities: the same values as their float64 upcast
+    g32 = F.prediction_geometry(lp[3].float(), y, classes=classes)
+    g64 = F.prediction_geometry(lp[3].float().double(), y, classes=classes)
+    for a, b in zip(g32, g64):
+        torch.testing.assert_close(a, b, rtol=0, atol=4 * F.PROGRESS_TOLERANCE, equal_nan=True)
+    # the row sums are checked even when the caller skips validation
+    for bad, what in ((lp[3] + 0.1, "normalised"), (lp[3].clone().fill_(math.nan), "NaN")):
+        with pytest.raises(ValueError, match=what):
+            F.prediction_geometry(bad, y, check=False)
 
 
 def test_moved_helpers_are_still_importable_from_embedding():

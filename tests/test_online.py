@@ -5,6 +5,7 @@ Reference values come from plain numpy/scipy implementations written here.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from pathlib import Path
@@ -20,6 +21,8 @@ from lightning_manifold.embedding import ReferenceEmbedding
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.online import OnlineManifold, OnlineResult
 from lightning_manifold.snapshot import Snapshot
+
+online_module = importlib.import_module("lightning_manifold.online")
 
 C = 5
 D_IN = 20
@@ -414,7 +417,14 @@ def plain_four_point_coords(
     return np.array(out), lam
 
 
-def test_live_frame_before_any_level_uses_geodesic_stand_ins(data):
+@pytest.fixture(params=["numpy", "torch"])
+def placement(request, monkeypatch):
+    """Both codes of the live frame's placement: numpy on the CPU, torch on accelerators."""
+    monkeypatch.setattr(online_module, "_PLACE_ON_HOST", request.param == "numpy")
+    return request.param
+
+
+def test_live_frame_before_any_level_uses_geodesic_stand_ins(data, placement):
     """Far below s1 - 2 sigma the basis points are the geodesic points at s1 and s2."""
     y = data["y"]
     lp = data["a0"][0][0]  # the initial model, near ignorance
@@ -432,7 +442,7 @@ def test_live_frame_before_any_level_uses_geodesic_stand_ins(data):
     assert frame.geodesic.shape == (6, 3)
 
 
-def test_live_frame_adopts_the_runs_own_progress_weighted_models(data):
+def test_live_frame_adopts_the_runs_own_progress_weighted_models(data, placement):
     """After the run has passed s + 3 sigma, P_s is eq. 2.4.1 over the snapshots seen until then,
     and every later snapshot is placed in the plain 4-point frame of those P_s."""
     y = data["y"]
@@ -460,7 +470,7 @@ def test_live_frame_adopts_the_runs_own_progress_weighted_models(data):
     assert 1 <= online._self.refits <= 12
 
 
-def test_live_frame_refits_are_few_and_move_the_trajectory_rigidly(data):
+def test_live_frame_refits_are_few_and_move_the_trajectory_rigidly(data, placement):
     y = data["y"]
     online = OnlineManifold(y, C, n_components=3)
     before = None

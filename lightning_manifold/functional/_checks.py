@@ -91,9 +91,10 @@ def _batched(t: Tensor, name: str, what: str) -> tuple[Tensor, bool]:
     return t, single
 
 
-def _sum_tolerance(t: Tensor) -> float:
+def _sum_tolerance(t: Tensor | np.ndarray) -> float:
     # Softmax outputs sum to 1 up to a few ulps per class; allow generous slack for float32.
-    return 1e-6 if t.dtype == torch.float64 else 1e-3
+    wide = t.dtype == (np.float64 if isinstance(t, np.ndarray) else torch.float64)
+    return 1e-6 if wide else 1e-3
 
 
 def check_probabilities(
@@ -145,9 +146,12 @@ def check_log_probabilities(
     return t, single
 
 
-def check_row_sums(sums: Tensor, name: str) -> None:
+def check_row_sums(sums: Tensor | np.ndarray, name: str) -> None:
     """Raise unless every per-sample probability total in ``sums`` is 1 within tolerance."""
-    low, high = (float(v) for v in torch.stack(torch.aminmax(sums)))  # one pass; NaN propagates
+    if isinstance(sums, np.ndarray):  # NaN propagates through min and max
+        low, high = float(sums.min()), float(sums.max())
+    else:
+        low, high = (float(v) for v in torch.stack(torch.aminmax(sums)))  # one pass
     dev = max(1 - low, high - 1)
     if dev != dev or dev == float("inf"):
         raise ValueError(f"`{name}` must not contain NaN or +inf entries")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -186,6 +188,15 @@ def _coefficient_blocks(S: Tensor, T: Tensor):
         yield torch.bmm(St[n0 : n0 + _SAMPLE_CHUNK], Tt[n0 : n0 + _SAMPLE_CHUNK])
 
 
+def _few_pair_distances(S: Any, T: Any) -> Any:
+    """(m, k) d_B (eq. 2.2.2) of (m, N, C) and (k, N, C) sqrt-probabilities, for a few pairs
+    (one log per sample and pair, no GEMM); torch tensors or numpy arrays (a capture on the
+    CPU places its model with numpy)."""
+    xp = torch if isinstance(S, Tensor) else np
+    D = xp.log(xp.einsum("mnc,knc->mkn", S, T)).sum(-1) / -S.shape[1]
+    return xp.clip(D, 0, None)  # rounding can give -1e-17 for identical models
+
+
 def bhattacharyya_from_sqrt(S: ArrayLike, T: ArrayLike | None = None) -> Tensor:
     """Bhattacharyya distances from sqrt-probabilities (eq. 2.2.2), the fast path.
 
@@ -225,10 +236,9 @@ def bhattacharyya_from_sqrt(S: ArrayLike, T: ArrayLike | None = None) -> Tensor:
     dtype = common_dtype(S3, T3)
     S3, T3 = S3.to(dtype), T3.to(device=S3.device, dtype=dtype)
     if S3.shape[0] * T3.shape[0] <= _FEW_PAIRS:  # a capture against a few points: direct
-        D = torch.einsum("mnc,knc->mkn", S3, T3).log_().sum(-1)
+        D = _few_pair_distances(S3, T3)
     else:
-        D = _pairwise_log_bc(S3, T3)
-    D = D.div_(-N).clamp_min_(0)  # rounding can give -1e-17 for identical models
+        D = _pairwise_log_bc(S3, T3).div_(-N).clamp_min_(0)
     if s_single:
         D = D[0]
     if t_single:

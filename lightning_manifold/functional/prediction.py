@@ -14,7 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_manifold.functional._checks import check_labels, check_log_probabilities
+from lightning_manifold.functional._checks import (
+    check_labels,
+    check_log_probabilities,
+    check_row_sums,
+)
 from lightning_manifold.functional.distances import (
     bhattacharyya_from_sqrt,
     distance_to_truth_from_log_probs,
@@ -24,8 +28,10 @@ from lightning_manifold.functional.inpca import InPCAResult
 from lightning_manifold.functional.progress import (
     PROGRESS_TOLERANCE,
     _plane_coordinates,
+    _plane_rows,
     _rotation,
     _solve,
+    _solve_on_host,
 )
 
 __all__ = [
@@ -250,6 +256,45 @@ class PredictionGeometry(NamedTuple):
     per_class_progress: Tensor
 
 
+# One model of up to this many samples x classes on the CPU is computed with numpy: a numpy
+# operation costs about a microsecond, a torch one several, and a capture is a few hundred.
+_HOST_ELEMENTS = 1 << 18
+
+
+def _prediction_geometry_on_host(
+    L: np.ndarray, y: np.ndarray, classes: ClassWeights | None, theta: float
+) -> PredictionGeometry:
+    """:func:`prediction_geometry` of (N, C) log-probabilities and (N,) labels in numpy."""
+    N, C = L.shape
+    P = np.exp(L, dtype=np.float64)[None]
+    x, yy, q, total = _plane_rows(P, y.reshape(1, N, 1), y)
+    check_row_sums(total, "log_probs")  # NaN and +inf entries make the sums NaN
+    q = np.maximum(q, np.finfo(np.float64).tiny)
+    xy = np.stack([x, yy], 1)  # (1, 2, N)
+    t = _solve_on_host(xy, q, None, theta, None)
+    per_class = np.zeros(0)
+    if classes is not None:
+        cols = classes.columns.numpy()
+        t_class = _solve_on_host(
+            xy[0][:, cols].transpose(1, 0, 2), q[0][cols], classes.weights.numpy(), theta, None
+        )
+        per_class = np.full(C, math.nan)
+        per_class[classes.classes.numpy()] = t_class / theta
+    rc = x[0] * math.cos(t[0]) + yy[0] * math.sin(t[0])  # R cos(t - φ) per sample
+    picked = np.take_along_axis(L, y[:, None], 1).astype(np.float64)
+    cross_entropy = -picked.mean()
+    values = (
+        t[0] / theta,
+        np.arccos(np.clip(rc, -1, 1)).mean(),  # eq. 2.5.4
+        max(-np.log(x[0]).mean(), 0.0),  # x = BC with P0
+        0.5 * cross_entropy,
+        (L.argmax(-1) != y).mean(),
+        cross_entropy,
+    )
+    scalars = torch.from_numpy(np.array(values, dtype=np.float64)).unbind()
+    return PredictionGeometry(*scalars, per_class_progress=torch.from_numpy(per_class))
+
+
 def prediction_geometry(
     log_probs: Tensor,
     labels: Tensor,
@@ -284,6 +329,9 @@ def prediction_geometry(
         L, y = log_probs.unsqueeze(0), labels
     C = L.shape[2]
     theta = math.acos(1 / math.sqrt(C))
+    on_host = L.device.type == "cpu" and L.dtype in (torch.float32, torch.float64)
+    if on_host and L.shape[1] * C <= _HOST_ELEMENTS:
+        return _prediction_geometry_on_host(L[0].detach().numpy(), y.numpy(), classes, theta)
     xy, q, sums = _plane_coordinates(L, y, True, "log_probs")
     if classes is None:
         t = _solve(xy, q, None, theta, sums)

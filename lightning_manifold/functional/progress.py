@@ -111,7 +111,7 @@ def _plane_coordinates(
     ``b = sqrt(p[y])`` (with the truth): ``x = R cos φ = a``, ``y = R sin φ = (b - a cos θ) /
     sin θ``. Also checks that every row is normalised, on values computed anyway. The
     sqrt-probabilities go through one small reused buffer, a few models at a time, so the
-    (m, N, C) input is read once and nothing of its size is allocated.
+    (m, N, C) input is read once and only chunk-sized temporaries are allocated.
 
     Args:
         src: (m, N, C) log-probabilities (``from_log``) or probabilities.
@@ -136,42 +136,22 @@ def _plane_coordinates(
     kw = {"dtype": torch.float64, "device": src.device}
     # x and y each contiguous (a (2, m, N) buffer), seen as (m, 2, N) by the rotation
     planes, q = torch.empty(2, m, N, **kw), torch.empty(m, N, **kw)
-    cos_t, sin_t = 1 / math.sqrt(C), math.sqrt(1 - 1 / C)
     rows = min(m, _chunk_rows(N * C, src.device, 2 * _CACHE_ELEMENTS))
-    buffer, b_buffer = torch.empty(rows, N, C, **kw), torch.empty(rows, N, 1, **kw)
-    total = torch.empty(rows, N, **kw)
-    ones = torch.ones(C, **kw)
+    buffer = torch.empty(rows, N, C, **kw)
     label_index = labels.view(1, N, 1).expand(rows, N, 1).contiguous()
     # Per chunk: min and max of Σ_c p; checked once, with the row sums of x and y (NaN for
     # negative probabilities, whose square roots are NaN).
     stats, sums = torch.empty(-(-m // rows), 2, **kw), torch.empty(2, m, **kw)
     for k, i in enumerate(range(0, m, rows)):
         n = min(rows, m - i)
-        P, xi, yi, qi = buffer[:n], planes[0, i : i + n], planes[1, i : i + n], q[i : i + n]
-        chunk = src[i : i + n]
+        P, chunk = buffer[:n], src[i : i + n]
         if from_log:  # upcast first: an op into float64 still computes in float32
             P = torch.exp(chunk if chunk.dtype == P.dtype else P.copy_(chunk), out=P)
-        else:  # a copy: the label column is zeroed below
+        else:  # a copy: the label column is zeroed
             P.copy_(chunk)
-        py = torch.gather(P, 2, label_index[:n], out=b_buffer[:n])  # p[y]
-        P.scatter_(2, label_index[:n], 0.0)
-        wrong = torch.mv(P.view(n * N, C), ones, out=qi.view(-1))  # Σ_{c≠y} p
-        torch.add(wrong.view(n, N), py.view(n, N), out=total[:n])  # Σ_c p: 1 if normalised
-        torch.aminmax(total[:n], out=(stats[k, 0], stats[k, 1]))
-        S = torch.sqrt(P, out=P)
-        b = torch.sqrt(py, out=py).view(n, N)  # sqrt(p[y])
-        torch.mv(S.view(n * N, C), ones, out=xi.view(-1))  # Σ_{c≠y} sqrt p
-        spread = torch.mul(xi, xi, out=total[:n]).div_(max(C - 1, 1))
-        # Wrong classes (nearly) equal: q is all cancellation; sum squared deviations instead.
-        flat = (spread >= (1 - _FLAT_SPREAD) * qi).nonzero(as_tuple=True)
-        qi.sub_(spread)
-        if flat[0].numel():
-            Sf = S[flat]  # (k, C), label column 0
-            dev = Sf - (xi[flat] / max(C - 1, 1))[:, None]
-            dev.scatter_(1, labels[flat[1]][:, None], 0.0)
-            qi[flat] = dev.square().sum(-1)
-        xi.add_(b).mul_(cos_t)
-        torch.add(b, xi, alpha=-cos_t, out=yi).div_(sin_t)
+        x, y, q[i : i + n], total = _plane_rows(P, label_index[:n], labels)
+        planes[0, i : i + n], planes[1, i : i + n] = x, y
+        torch.aminmax(total, out=(stats[k, 0], stats[k, 1]))
         torch.sum(planes[:, i : i + n], -1, out=sums[:, i : i + n])
     try:
         check_row_sums(stats.add(sums.sum() * 0), name)
@@ -277,6 +257,54 @@ class _Objective:
 # CPU, numpy arrays (a numpy operation costs about a microsecond, a torch one several, and a
 # capture's solve is hundreds of operations on arrays of a thousand values): one code for both.
 Array = Any  # Tensor | np.ndarray, float64
+
+
+def _take_at(a: Array, index: Array, axis: int) -> Array:
+    """``a``'s entries at ``index`` along ``axis`` (gather / take_along_axis)."""
+    if isinstance(a, Tensor):
+        return torch.gather(a, axis, index)
+    return np.take_along_axis(a, index, axis)
+
+
+def _zero_at(a: Array, index: Array, axis: int) -> None:
+    """Set ``a``'s entries at ``index`` along ``axis`` to 0, in place."""
+    if isinstance(a, Tensor):
+        a.scatter_(axis, index, 0.0)
+    else:
+        np.put_along_axis(a, index, 0.0, axis)
+
+
+def _plane_rows(P: Array, label_index: Array, labels: Array) -> tuple[Array, Array, Array, Array]:
+    """The formulas of :func:`_plane_coordinates` on one chunk (torch or numpy).
+
+    Args:
+        P: (n, N, C) float64 probabilities, used as scratch (it ends up holding the square
+            roots with the label column zeroed).
+        label_index: (n, N, 1) int64 labels; labels: (N,) the same.
+
+    Returns:
+        (n, N) each: ``x``, ``y``, ``q`` (not yet floored) and ``Σ_c p`` (for the row-sum check).
+    """
+    xp = _xp(P)
+    C = P.shape[-1]
+    cos_t, sin_t = 1 / math.sqrt(C), math.sqrt(1 - 1 / C)
+    py = _take_at(P, label_index, 2)[..., 0]  # p[y]
+    _zero_at(P, label_index, 2)
+    wrong = P.sum(-1)  # Σ_{c≠y} p
+    total = wrong + py  # Σ_c p: 1 if normalised
+    S = xp.sqrt(P, out=P)
+    b = xp.sqrt(py)  # sqrt(p[y])
+    s = S.sum(-1)  # Σ_{c≠y} sqrt p
+    spread = s * s / max(C - 1, 1)
+    # Wrong classes (nearly) equal: q is all cancellation; sum squared deviations instead.
+    flat = xp.where(spread >= (1 - _FLAT_SPREAD) * wrong)
+    q = wrong - spread
+    if flat[0].shape[0]:
+        dev = S[flat] - (s[flat] / max(C - 1, 1))[:, None]  # (k, C), label column 0
+        _zero_at(dev, labels[flat[1]][:, None], 1)
+        q[flat] = (dev * dev).sum(-1)
+    x = (s + b) * cos_t
+    return x, (b - x * cos_t) / sin_t, q, total
 
 
 def _xp(a: Array) -> Any:
@@ -407,6 +435,23 @@ def _snap_to_ends(xy: Array, q: Array, w: Array | None, t: Array, theta: float) 
             at_end = rows[_end_slope(xy[rows], q[rows], wr, end, side) * side >= 0]
             t[at_end] = end
     return t
+
+
+def _start(xy: Array, w: Array | None, theta: float, sums: Array | None = None) -> Array:
+    """(B,) start angles: the angle of each row's (weighted) mean sample vector in the plane
+    (the minimiser of the objective linearised around R cos(t - φ) = 1), in [0, θ]."""
+    xp = _xp(xy)
+    if sums is None:
+        sums = _weighted_rows(xy, w)
+    return xp.clip(xp.arctan2(sums[:, 1], sums[:, 0]), 0, theta)
+
+
+def _solve_on_host(
+    xy: np.ndarray, q: np.ndarray, w: np.ndarray | None, theta: float, sums: np.ndarray | None
+) -> np.ndarray:
+    """:func:`_solve` of a small problem given as numpy arrays (a capture on the CPU)."""
+    with np.errstate(all="ignore"):  # inf/NaN on cusps are handled, as in torch
+        return _solve_small(xy, q, w, _start(xy, w, theta, sums), theta)
 
 
 def _solve_small(xy: Array, q: Array, w: Array | None, t: Array, theta: float) -> Array:
@@ -615,15 +660,12 @@ def _solve(
         theta: the angle between ignorance and truth.
         sums: (B, 2) ``Σ_n w_n (x, y)`` if already known.
     """
-    if sums is None:
-        sums = xy.sum(-1) if w is None else (xy @ w if w.ndim == 1 else (xy * w[:, None]).sum(-1))
-    t = torch.atan2(sums[:, 1], sums[:, 0]).clamp_(0, theta)
     if q.numel() <= _SMALL_ELEMENTS:
         if q.device.type != "cpu" or not _SMALL_ON_HOST:  # accelerators: the torch code
-            return _solve_small(xy, q, w, t, theta)
-        host = [None if a is None else a.detach().numpy() for a in (xy, q, w, t)]
-        with np.errstate(all="ignore"):  # inf/NaN on cusps are handled, as in torch
-            return torch.from_numpy(_solve_small(*host, theta))  # type: ignore[arg-type]
+            return _solve_small(xy, q, w, _start(xy, w, theta, sums), theta)
+        host = [None if a is None else a.detach().numpy() for a in (xy, q, w, sums)]
+        return torch.from_numpy(_solve_on_host(host[0], host[1], host[2], theta, host[3]))
+    t = _start(xy, w, theta, sums)
     coarse = None
     if q.numel() >= _COARSE_ELEMENTS:  # below that, per-op overhead outweighs bandwidth
         f32 = torch.float32
