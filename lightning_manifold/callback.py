@@ -40,6 +40,7 @@ from lightning_manifold.online import OnlineManifold
 from lightning_manifold.probe import ProbeSet, _tensor_leaves, evaluation_mode
 from lightning_manifold.schedule import Schedule
 from lightning_manifold.sinks import RenderWorker, sinks_for_loggers
+from lightning_manifold.sinks.scalars import log_scalars
 from lightning_manifold.snapshot import Snapshot
 from lightning_manifold.store import TrajectoryStore
 
@@ -90,7 +91,7 @@ def _sqrt_probs(log_probs: Tensor) -> Tensor | np.ndarray:
 
 def _log_metrics(logger: Logger, scalars: dict[str, float], step: int) -> None:
     try:
-        logger.log_metrics(scalars, step=step)
+        log_scalars(logger, scalars, step)
     except Exception as err:
         raise _LoggerError(f"{type(logger).__name__}: {type(err).__name__}: {err}") from err
 

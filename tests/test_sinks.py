@@ -568,3 +568,49 @@ def test_files_sink_writes_the_live_picture_until_a_full_render(
     pytest.importorskip("plotly")
     sink.log_frame(frame, 4, Renders(frame, full=False, final=True))
     assert "plotly" in paths["html"].read_text(encoding="utf-8").lower()
+
+
+@pytest.mark.parametrize("prefix", ["", "fit"])
+def test_scalars_read_back_as_lightnings_own_tensorboard_logging(tmp_path: Path, prefix: str):
+    """One event holding every scalar reads back (EventAccumulator) exactly as the per-key
+    events of ``TensorBoardLogger.log_metrics``: same tags (the prefix applied), steps and
+    values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_manifold.sinks.scalars import log_scalars
+
+    rng = np.random.default_rng(0)
+    batches = [
+        (step, {f"manifold/train/k{i}": float(rng.normal()) for i in range(5)})
+        for step in (0, 3, 10)
+    ]
+    ours = TensorBoardLogger(tmp_path, name="ours", prefix=prefix)
+    lightning = TensorBoardLogger(tmp_path, name="lightning", prefix=prefix)
+    for step, scalars in batches:
+        log_scalars(ours, scalars, step)
+        lightning.log_metrics(scalars, step=step)
+    read = {}
+    for logger in (ours, lightning):
+        logger.experiment.flush()
+        acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = sorted(acc.Tags()["scalars"])
+        read[logger.name] = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
+        logger.finalize("success")
+    assert read["ours"] == read["lightning"]
+    expected_tags = {(f"{prefix}-{k}" if prefix else k) for k in batches[0][1]}
+    assert set(read["ours"]) == expected_tags
+    first = next(iter(batches[0][1]))
+    tag = f"{prefix}-{first}" if prefix else first
+    assert [s for s, _ in read["ours"][tag]] == [0, 3, 10]
+    assert read["ours"][tag][1][1] == pytest.approx(batches[1][1][first], rel=1e-6)
+
+
+def test_scalars_go_through_log_metrics_for_other_loggers(tmp_path: Path):
+    from lightning_manifold.sinks.scalars import log_scalars
+
+    logger = CSVLogger(tmp_path, name="csv")
+    log_scalars(logger, {"manifold/train/progress": 0.25}, 7)
+    logger.save()
+    rows = list(csv.DictReader((Path(logger.log_dir) / "metrics.csv").read_text().splitlines()))
+    assert rows == [{"step": "7", "manifold/train/progress": "0.25"}]
