@@ -4,6 +4,7 @@ from TensorBoard and an offline W&B run written by real (tiny) Lightning runs.""
 from __future__ import annotations
 
 import glob
+import io
 import threading
 import time
 import warnings
@@ -18,6 +19,7 @@ from _frames import make_frame
 from conftest import TinyClassifier, fast_trainer_kwargs, make_blobs, make_loader, probe_blobs
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.colors import to_rgb
+from PIL import Image
 
 from lightning_manifold import ManifoldCallback, ProbeSet, Schedule, plots_live
 from lightning_manifold import callback as callback_module
@@ -230,6 +232,8 @@ def test_every_capture_reaches_tensorboard_with_probe_names(tmp_path: Path, monk
         assert sorted({e.step for e in live}) == captured  # one live picture per capture
         assert live[-1].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
         assert (live[-1].width, live[-1].height) == plots_live.LIVE_SIZE
+        with Image.open(io.BytesIO(live[-1].encoded_image_string)) as png:  # the stored PNG
+            assert (png.size, png.mode) == (plots_live.LIVE_SIZE, "RGB")
         # the mesh card names its probe
         meta = acc.SummaryMetadata(f"manifold/{probe}/cloud_VERTEX")
         assert probe in meta.display_name
@@ -319,3 +323,7 @@ def test_wandb_offline_run_holds_live_media_at_every_capture(tmp_path: Path, mon
     assert order != sorted(order)
     images = sorted((run / "files" / "media" / "images" / "manifold" / "train").glob("live_*.png"))
     assert len(images) >= 4
+    for path in images:  # copies of the PNG shared with TensorBoard, whole
+        with Image.open(path) as png:
+            assert png.size == plots_live.LIVE_SIZE
+            png.load()

@@ -10,6 +10,7 @@ import json
 import re
 import struct
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -373,12 +374,29 @@ def test_wandb_sink_reads_back(frame: ManifoldFrame, tmp_path: Path, monkeypatch
             assert any(k.startswith(f"manifold/train/{key}/") for k in row), (key, sorted(row))
 
 
-def _wandb_history(path: Path) -> list[dict[str, str]]:
+def _wandb_history(path: Path, patience_s: float = 10.0) -> list[dict[str, str]]:
     """History rows (key -> value_json) of a ``.wandb`` file: a 7-byte W&B header, then
-    leveldb-log records (32 KiB blocks, 7-byte chunk headers) of ``wandb_internal_pb2.Record``."""
+    leveldb-log records (32 KiB blocks, 7-byte chunk headers) of ``wandb_internal_pb2.Record``.
+
+    W&B's service process may still be writing the file's tail just after ``wandb.finish()``
+    returns: a record that does not parse yet is read again, for up to ``patience_s``."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return _wandb_records(path.read_bytes())
+        except DecodeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _wandb_records(data: bytes) -> list[dict[str, str]]:
+    """The history rows of the bytes of a ``.wandb`` file (see :func:`_wandb_history`)."""
     from wandb.proto import wandb_internal_pb2
 
-    data, block, pos = path.read_bytes(), 32768, 7
+    block, pos = 32768, 7
     records: list[bytes] = []
     pending = b""
     while pos + 7 <= len(data):

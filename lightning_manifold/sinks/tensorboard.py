@@ -99,6 +99,22 @@ def _cloud(frame: ManifoldFrame) -> tuple[np.ndarray, np.ndarray, list[list[str]
     return xyz, rgb, meta
 
 
+def _add_png(writer: Any, tag: str, renders: Renders, step: int) -> None:
+    """The live picture as an image summary of its PNG (encoded once per render and shared
+    with the other sinks); ``add_image`` for writers without torch's summary API."""
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if file_writer is None or not type(writer).__module__.startswith("torch.utils.tensorboard"):
+        writer.add_image(tag, renders.live(), global_step=step, dataformats="HWC")
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    height, width = renders.live().shape[:2]
+    image = Summary.Image(
+        height=height, width=width, colorspace=3, encoded_image_string=renders.live_png()
+    )
+    file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
 def _add_mesh(
     writer: Any,
     tag: str,
@@ -190,7 +206,7 @@ class TensorBoardSink(Sink):
         step = int(step)
         prefix = f"manifold/{frame.probe}"
         if self.live:
-            writer.add_image(f"{prefix}/live", renders.live(), global_step=step, dataformats="HWC")
+            _add_png(writer, f"{prefix}/live", renders, step)
         for name in self.figures if renders.full else ():
             writer.add_figure(
                 f"{prefix}/{name}", renders.figure(name), global_step=step, close=True

@@ -14,7 +14,8 @@ training thread (:meth:`WandbSink.prepare`). Keys (``<probe>`` is the probe name
   progress and error, in the final picture (needs plotly; without it a single warning names the
   extra).
 * ``manifold/<probe>/coordinates`` -- ``wandb.Table`` with columns ``step, progress, error,
-  pc1..pck, run`` (live run and reference models), for custom W&B charts.
+  pc1..pck, run`` (live run and reference models), for custom W&B charts, in the final picture
+  (a table of every snapshot so far at every render would cost more with every capture).
 * ``manifold/<probe>/summary`` -- ``wandb.Image`` of
   :func:`~lightning_manifold.plots.summary_figure`, in full renders.
 """
@@ -22,6 +23,9 @@ training thread (:meth:`WandbSink.prepare`). Keys (``<probe>`` is the probe name
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +77,8 @@ class WandbSink(Sink):
         self.image = image
         self.live = live
         self.table_dims = table_dims
+        self._png_dir: str | None = None
+        self._png_count = 0
 
     def media(self, frame: ManifoldFrame, renders: Renders | None = None) -> dict[str, Any]:
         """The dict of W&B media objects for ``frame`` (keys ``manifold/<probe>/...``)."""
@@ -82,15 +88,33 @@ class WandbSink(Sink):
         out: dict[str, Any] = {}
         caption = f"{plots.LIVE_LABEL}, step {frame.step}"
         if self.live:
-            out[f"{prefix}/live"] = wandb.Image(renders.live(), caption=caption)
+            out[f"{prefix}/live"] = wandb.Image(self._png_file(renders), caption=caption)
         if self.plotly and renders.final and self.plotly_available():
             out[f"{prefix}/manifold_3d"] = wandb.Plotly(renders.plotly())
-        if self.table:
+        if self.table and renders.final:
             columns, rows = coordinate_table(frame, max_dims=self.table_dims)
             out[f"{prefix}/coordinates"] = wandb.Table(columns=columns, data=rows)
         if self.image and renders.full:
             out[f"{prefix}/summary"] = wandb.Image(renders.array("summary"), caption=caption)
         return out
+
+    def _png_file(self, renders: Renders) -> str:
+        """A file holding the live picture's PNG (encoded once per render for every sink);
+        W&B copies it into the run when the media are logged, and :meth:`close` removes it."""
+        if self._png_dir is None:
+            self._png_dir = tempfile.mkdtemp(prefix="lightning-manifold-wandb-")
+        self._png_count += 1
+        path = os.path.join(self._png_dir, f"live-{self._png_count}.png")
+        with open(path, "wb") as fh:
+            fh.write(renders.live_png())
+        return path
+
+    def close(self) -> None:
+        """Remove the PNG files handed to W&B (logged by now: the worker delivers before it
+        closes its sinks)."""
+        if self._png_dir is not None:
+            shutil.rmtree(self._png_dir, ignore_errors=True)
+            self._png_dir = None
 
     def log_frame(self, frame: ManifoldFrame, step: int, renders: Renders | None = None) -> None:
         """Log the media of ``frame`` in one ``log_metrics`` call at ``step``."""
