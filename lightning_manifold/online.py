@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from dataclasses import dataclass
@@ -39,9 +40,12 @@ from lightning_manifold.functional.distances import _few_pair_distances
 from lightning_manifold.functional.prediction import _as_tensor, as_log_probs
 from lightning_manifold.snapshot import Snapshot
 
-__all__ = ["OnlineManifold", "OnlineResult"]
+__all__ = ["RESULTS_KEPT", "OnlineManifold", "OnlineResult"]
 
 _NAN = math.nan
+#: :attr:`OnlineManifold.results` keeps this many latest results (about 1 KB each), so memory
+#: stays bounded however many snapshots a run places.
+RESULTS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -575,7 +579,8 @@ class OnlineManifold:
         self._classes: F.ClassWeights | None = None
         self._present: list[int] = []
         self._self: _FourPointFrame | None = None
-        self._results: list[OnlineResult] = []
+        self._results: collections.deque[OnlineResult] = collections.deque(maxlen=RESULTS_KEPT)
+        self._placed = 0
         self._coords = _Columns(self.n_components)  # reference mode: projected coordinates
         # steps, progress, error, distance to the geodesic, reference distance
         self._live = _Columns(5)
@@ -596,7 +601,8 @@ class OnlineManifold:
 
     @property
     def results(self) -> list[OnlineResult]:
-        """Results of every valid snapshot so far, in order."""
+        """Results of the valid snapshots so far, in order: the latest :data:`RESULTS_KEPT`
+        (a long run's earlier ones are in its store, its logs and :meth:`frame`)."""
         return list(self._results)
 
     @property
@@ -611,7 +617,8 @@ class OnlineManifold:
         return frame + self._coords.nbytes + self._live.nbytes
 
     def __len__(self) -> int:
-        return len(self._results)
+        """The number of valid snapshots placed so far."""
+        return self._placed
 
     # ------------------------------------------------------------------ update
 
@@ -689,6 +696,7 @@ class OnlineManifold:
             **extra,
         )
         self._results.append(result)
+        self._placed += 1
         self._live.append(
             [
                 float(step),

@@ -539,6 +539,17 @@ def test_live_state_does_not_grow_with_the_number_of_snapshots(data):
     assert online.state_nbytes <= 8 * n * C * 8 + 2 * T * (k + 5) * 8 + 64 * (k + 5) * 8
 
 
+def test_results_keep_the_latest_and_count_them_all(data, monkeypatch):
+    monkeypatch.setattr(online_module, "RESULTS_KEPT", 3)
+    y = data["y"]
+    lp, steps = data["a0"]
+    online = OnlineManifold(y, C)
+    placed = [online.update(snap(a, int(s), y)) for a, s in zip(lp[:5], steps[:5])]
+    assert len(online) == 5
+    assert [r.step for r in online.results] == [r.step for r in placed[-3:]]  # type: ignore[union-attr]
+    assert online.frame().live_coords.shape[0] == 5  # the picture keeps every snapshot
+
+
 def test_frame_before_any_snapshot(data, reference):
     with pytest.raises(RuntimeError, match="no valid snapshot"):
         OnlineManifold(data["y"], C).frame()
