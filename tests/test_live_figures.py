@@ -256,6 +256,36 @@ def test_default_settings_draw_the_first_and_the_final_step(tmp_path: Path) -> N
     assert cb._sinks is None  # the worker was closed at the end of fit
 
 
+class SlowStepClassifier(TinyClassifier):
+    """A training step of at least 25 ms (tiny models train faster than real ones)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        time.sleep(0.025)
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_short_run_with_default_settings_updates_the_live_picture(tmp_path: Path) -> None:
+    """Default drawing budget (2% of the training time) in a ~5 s run: the live picture arrives
+    at several distinct steps during training, not only at the first and the last."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(save_dir=tmp_path, name="tb")
+    cb = ManifoldCallback(_probe(), schedule=Schedule(log_spaced=None, every_n_steps=10))
+    pl.seed_everything(0, verbose=False)
+    x, y = make_blobs(256, 8, 3, seed=0)
+    trainer = pl.Trainer(**fast_trainer_kwargs(max_steps=200, logger=logger), callbacks=[cb])
+    start = time.perf_counter()
+    trainer.fit(SlowStepClassifier(), make_loader(x, y, batch_size=32))
+    seconds = time.perf_counter() - start
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    captured = {e.step for e in acc.Scalars("manifold/train/progress")}
+    live = sorted({e.step for e in acc.Images("manifold/train/live")})
+    assert set(live) <= captured
+    during = [s for s in live if 0 < s < 200]
+    assert len(during) >= 3, (live, seconds)  # besides step 0 and the final picture
+
+
 def test_slow_and_failing_sinks_do_not_hold_up_training(tmp_path: Path, monkeypatch) -> None:
     sink = GatedSink()
     failing = [FailingSink(thread_safe=True), FailingSink(thread_safe=False)]
