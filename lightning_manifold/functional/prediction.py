@@ -308,7 +308,9 @@ def prediction_geometry(
     ignorance and truth; the overall and the per-class progress (thesis fig. 3.2a) are then
     solved together as one batch of weighted problems, so asking for the per-class progress
     costs one batched solve rather than a second pass. d_B to ignorance reuses the plane's
-    ``x = Σ_c sqrt(p_c / C)`` (its Bhattacharyya coefficient with P0).
+    ``x = Σ_c sqrt(p_c / C)`` (its Bhattacharyya coefficient with P0). A float32/float64 model
+    on the CPU is computed with numpy arrays (a capture's few hundred small operations cost
+    several times less there), anything else with torch on its device; the results are tensors.
 
     Args:
         log_probs: (N, C) log-probabilities of one model (float32/float64, any device).
