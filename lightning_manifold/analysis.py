@@ -988,6 +988,7 @@ def relative_speed_figure(
         labelled.add(label)
     ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
+    plots.plain_log_labels(ax.yaxis)
     ax.set_xlabel("progress")
     ax.set_ylabel(f"steps needed / steps of {speed.reference}")
     ax.set_title(f"Relative speed against {speed.reference} along training")
