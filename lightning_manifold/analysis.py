@@ -511,14 +511,22 @@ class Trajectory:
 
 
 def _trajectory(
-    name: str, group: str, lp: Tensor, labels: Tensor, steps: np.ndarray, where: str
+    name: str,
+    group: str,
+    lp: Tensor,
+    labels: Tensor,
+    steps: np.ndarray,
+    where: str,
+    progress: Tensor | None = None,
 ) -> Trajectory:
     if lp.shape[0] < 2:
         raise ValueError(
             f"{where} holds {lp.shape[0]} valid snapshot(s); comparing trajectories needs at "
             "least 2 per run"
         )
-    progress = F.progress_from_log_probs(lp, labels).reshape(-1).to(torch.float64)
+    if progress is None:
+        progress = F.progress_from_log_probs(lp, labels)
+    progress = progress.reshape(-1).to(torch.float64)
     error = (lp.argmax(-1) != labels).to(torch.float64).mean(-1).numpy()
     return Trajectory(name, group, np.asarray(steps), lp, progress, _error=error)
 
@@ -1418,20 +1426,26 @@ def _png_tag(fig: Figure, alt: str) -> str:
 
 
 def _run_table(
-    stores: Sequence[TrajectoryStore], names: Sequence[str], groups: Sequence[str]
+    stores: Sequence[TrajectoryStore],
+    names: Sequence[str],
+    groups: Sequence[str],
+    trajectories: Sequence[Trajectory] | None = None,
 ) -> str:
     head = (
         "<tr><th>run</th><th>group</th><th>snapshots (valid)</th><th>steps</th>"
         "<th>final progress</th><th>final error</th><th>store</th></tr>"
     )
     body = []
-    for store, name, group in zip(stores, names, groups):
+    for i, (store, name, group) in enumerate(zip(stores, names, groups)):
         valid = store.valid
         steps = store.steps[valid]
-        lp = torch.from_numpy(np.asarray(store.log_probs(valid_only=True)[-1], dtype=np.float64))
-        labels = torch.from_numpy(store.labels)
-        prog = float(F.progress_from_log_probs(lp, labels))
-        err = float((lp.argmax(-1) != labels).to(torch.float64).mean())
+        if trajectories is not None:  # already loaded and projected
+            prog, err = float(trajectories[i].progress[-1]), float(trajectories[i].error[-1])
+        else:
+            lp = torch.from_numpy(np.asarray(store.log_probs(valid_only=True)[-1], np.float64))
+            labels = torch.from_numpy(store.labels)
+            prog = float(F.progress_from_log_probs(lp, labels))
+            err = float((lp.argmax(-1) != labels).to(torch.float64).mean())
         cells = [
             name, group, f"{len(store)} ({int(valid.sum())})", f"{steps[0]}–{steps[-1]}",
             f"{prog:.3f}", f"{err:.3f}", str(store.path),
@@ -1463,19 +1477,28 @@ def report_html(
     comparable = [s for s in stores if int(s.valid.sum()) >= 2]
     trajectories: list[Trajectory] | None = None
     if len(stores) >= 2 and len(comparable) == len(stores):
-        # read every store once: the map and the comparison share the loaded runs
-        runs = Runs(
-            load_trajectories(stores, names, groups), stores[0].labels,
-            stores[0].num_classes, stores[0].probe_name, list(stores),
+        # read every store once, and project every model once: the map's progress (eq.
+        # 2.2.4) is the comparison's, so the trajectories take it from the map
+        lps = [torch.from_numpy(np.asarray(s.log_probs(valid_only=True), dtype=np.float64))
+               for s in _progress_bar(stores, desc="loading runs", total=len(stores))]  # fmt: skip
+        steps = [s.steps[s.valid] for s in stores]
+        labels = torch.from_numpy(stores[0].labels)
+        ref = ReferenceEmbedding.fit(
+            lps, labels=labels, steps=steps, run_names=names, n_components=n_components,
+            max_models=max_models, probe_name=stores[0].probe_name,
         )  # fmt: skip
-        trajectories = runs.trajectories
-        ref = runs.embedding(n_components, max_models=max_models)
+        whole = ref.num_models == sum(lp.shape[0] for lp in lps)  # else max_models subsampled
+        trajectories = [
+            _trajectory(name, group, lp, labels, st, f"store '{s.path}'",
+                        ref.model_progress[ref.model_run == r] if whole else None)
+            for r, (s, name, group, lp, st) in enumerate(zip(stores, names, groups, lps, steps))
+        ]  # fmt: skip
     else:
         ref = embed_stores(stores, names, n_components=n_components, max_models=max_models)
     frame = embedding_frame(ref, title=f"{len(stores)} run(s)", groups=groups)
     stress = explained_stress_table(stores, stress_at, ref)
     sections: list[str] = []
-    sections.append("<h2>Runs</h2>\n" + _run_table(stores, names, groups))
+    sections.append("<h2>Runs</h2>\n" + _run_table(stores, names, groups, trajectories))
     manifold = "<h2>Manifold (joint InPCA, eq. 2.2.6)</h2>\n"
     if is_available("plotly"):
         fig = plots.manifold_plotly(frame)
