@@ -225,13 +225,19 @@ def _worker_files(worker: Any, draw_here: Any) -> dict[str, Path]:
         return draw_here()
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
-    worker = None if args.no_figures else _figure_worker("embedding")
+def _with_worker(kind: str, args: argparse.Namespace, command: Any) -> int:
+    """``command(args, worker)`` with a figure worker started first (none with --no-figures),
+    stopped whatever happens."""
+    worker = None if args.no_figures else _figure_worker(kind)
     try:
-        return _embed(args, worker)
+        return int(command(args, worker))
     finally:
         if worker is not None:
             worker.close()
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    return _with_worker("embedding", args, _embed)
 
 
 def _embed(args: argparse.Namespace, worker: Any) -> int:
@@ -294,12 +300,7 @@ def _embed(args: argparse.Namespace, worker: Any) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    worker = None if args.no_figures else _figure_worker("compare")
-    try:
-        return _compare(args, worker)
-    finally:
-        if worker is not None:
-            worker.close()
+    return _with_worker("compare", args, _compare)
 
 
 def _compare(args: argparse.Namespace, worker: Any) -> int:
