@@ -22,7 +22,8 @@ This module only parses arguments and prints. Everything it computes comes from
 matplotlib, SciPy, plotly) are imported inside the commands that need them, so ``--help``
 answers at once. ``embed`` and ``compare`` draw their figures in a second process
 (:mod:`lightning_manifold._figure_worker`) started before torch is imported, so plotting uses
-the second core; ``LIGHTNING_MANIFOLD_FIGURE_WORKER=0`` draws them in the command's process. The names that used to live here (``resolve_stores``, ``compare_stores``,
+the second core; ``LIGHTNING_MANIFOLD_FIGURE_WORKER=0`` draws them in the command's process.
+The names that used to live here (``resolve_stores``, ``compare_stores``,
 ``report_html``, ...) are still importable from this module and resolve to ``analysis``.
 """
 

@@ -296,6 +296,13 @@ class ReferenceEmbedding:
         assert self._grids is not None
         return self._grids
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickling (multiprocessing, deepcopy) takes the grids, not the closure that makes them
+        self._grid_tensors()
+        return {k: v for k, v in self.__dict__.items() if k != "_grid_maker"} | {
+            "_grid_maker": None
+        }
+
     @property
     def grid(self) -> Tensor:
         """(R, S) float64 progress grid of each run (see the class docstring)."""

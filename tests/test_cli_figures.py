@@ -7,7 +7,9 @@ run-specific direction, so runs differ, progress rises and every figure has some
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -150,12 +152,20 @@ def test_fit_reindexes_its_progress_grids_on_first_use(runs: Path) -> None:
     assert ref.model_at_progress(0, float(grid[0, 3])) is not None
 
 
-def test_saved_reference_holds_the_lazy_grids(runs: Path, tmp_path: Path) -> None:
-    ref = ReferenceEmbedding.fit(analysis.resolve_stores([runs]), n_components=3)
-    back = ReferenceEmbedding.load(ref.save(tmp_path / "ref.npz"))
-    assert torch.equal(back.grid, ref.grid)
-    assert torch.equal(back.grid_sqrt, ref.grid_sqrt)
-    assert torch.equal(back.grid_valid, ref.grid_valid)
+def test_saved_pickled_and_copied_references_hold_the_lazy_grids(
+    runs: Path, tmp_path: Path
+) -> None:
+    fitted = [ReferenceEmbedding.fit(analysis.resolve_stores([runs]), n_components=3)
+              for _ in range(3)]  # fmt: skip
+    copies = [
+        ReferenceEmbedding.load(fitted[0].save(tmp_path / "ref.npz")),
+        pickle.loads(pickle.dumps(fitted[1])),  # e.g. handed to a spawned process
+        copy.deepcopy(fitted[2]),
+    ]
+    for ref, back in zip(fitted, copies):
+        assert torch.equal(back.grid, ref.grid)
+        assert torch.equal(back.grid_sqrt, ref.grid_sqrt)
+        assert torch.equal(back.grid_valid, ref.grid_valid)
 
 
 def test_report_projects_every_model_once(

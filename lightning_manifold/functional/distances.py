@@ -8,6 +8,7 @@ within ``P`` (an (m, m) symmetric matrix with zero diagonal).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import torch
@@ -159,7 +160,12 @@ def _pairwise_log_bc(
                 out[j0:j1, i0:i1] = acc.T
 
     threads = torch.get_num_threads()
-    if not symmetric or S.device.type != "cpu" or threads < 2 or len(blocks) < 4 * threads:
+    # set_num_threads is process-wide: only the main thread (where analyses run) lends its
+    # intra-op threads out, never a capture running beside training in another thread
+    if (
+        not symmetric or S.device.type != "cpu" or threads < 2 or len(blocks) < 4 * threads
+        or threading.current_thread() is not threading.main_thread()
+    ):  # fmt: skip
         run(blocks)
         return out
     _in_threads(run, blocks, threads)
@@ -175,8 +181,6 @@ def _in_threads(run: Callable[[list[tuple[int, int]]], None], blocks: list, thre
     another process took a core; whole blocks per thread need no barrier. Each block is the
     same sequence of operations either way, so the result does not change.
     """
-    import threading
-
     shares = [blocks[t::threads] for t in range(threads)]
     errors: list[BaseException] = []
 
