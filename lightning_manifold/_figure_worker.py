@@ -19,6 +19,7 @@ A command whose worker fails draws the figures itself (:meth:`FigureWorker.resul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -172,6 +173,7 @@ class FigureWorker:
     def __init__(self, kind: str) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="lightning-manifold-figures-")
         self._jobs = 0
+        self._failed = ""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lightning_manifold._figure_worker", kind],
             stdin=subprocess.PIPE,
@@ -183,12 +185,17 @@ class FigureWorker:
 
     def send(self, job: str, arrays: Mapping[str, np.ndarray], header: Mapping[str, Any]) -> None:
         """Queue one job (``header`` holds ``out_dir``, ``dpi`` and the job's own fields)."""
+        if self._failed:
+            return
         path = Path(self._tmp.name) / f"{self._jobs}.npz"
         self._jobs += 1
-        write_payload(path, arrays, header)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{job} {path}\n")
-        self.proc.stdin.flush()
+        try:
+            write_payload(path, arrays, header)
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{job} {path}\n")
+            self.proc.stdin.flush()
+        except OSError as err:  # a worker that died: not the command's error (nor its stdout's)
+            self._failed = f"{type(err).__name__}: {err}"
 
     def result(self, timeout: float | None = 300.0) -> dict[str, Path]:
         """Wait for the worker; ``{kind: path}`` of the files it wrote.
@@ -196,9 +203,12 @@ class FigureWorker:
         Raises:
             RuntimeError: the worker failed or did not answer (the caller draws instead).
         """
+        if self._failed:
+            self.close()
+            raise RuntimeError(f"figure worker failed: {self._failed}")
         try:
             out, err = self.proc.communicate(timeout=timeout)
-        except (subprocess.TimeoutExpired, OSError) as exc:
+        except (subprocess.TimeoutExpired, OSError, ValueError) as exc:
             self.close()
             raise RuntimeError(f"figure worker did not finish: {exc}") from exc
         finally:
@@ -220,7 +230,8 @@ class FigureWorker:
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):  # unsent input to a worker that died
+                    stream.close()
         self._tmp.cleanup()
 
 

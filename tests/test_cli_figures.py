@@ -103,6 +103,25 @@ def test_a_failing_worker_leaves_the_figures_to_the_command(
     assert (tmp_path / "tube_widths.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_worker_that_died_leaves_the_figures_to_the_command(
+    runs: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    start = FigureWorker.__init__
+
+    def dead(self: FigureWorker, kind: str) -> None:
+        start(self, kind)
+        self.proc.kill()  # its stdin breaks when the command sends the first job
+        self.proc.wait()
+
+    monkeypatch.setattr(FigureWorker, "__init__", dead)
+    out = _cli(["embed", str(runs), "-o", str(tmp_path), "--no-landmarks"], capsys)
+    assert "embedding.png" in out
+    assert (tmp_path / "embedding.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_worker_reports_a_bad_job_instead_of_hanging(tmp_path: Path) -> None:
     worker = FigureWorker("none")
     try:
