@@ -19,7 +19,11 @@ Then times, on ``--threads`` torch threads (default 2):
 * trajectory distances: the batched matrix against a loop over pairs of
   ``F.trajectory_distance`` (same numbers), with their ratio;
 * the CLI end to end in fresh subprocesses: ``--help``, ``inspect``, ``embed`` (with and
-  without figures), ``compare``, ``report``.
+  without figures, and with the figures drawn in the command's own process instead of its
+  figure worker), ``compare`` (likewise), ``report``.
+
+Timings on a shared 2-core machine depend on what else runs: torch's 2 intra-op threads slow
+down several-fold whenever another process takes a core. The load is printed with the table.
 
 Usage::
 
@@ -99,9 +103,11 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, out
 
 
-def cli(args: list[str], threads: int) -> float:
-    """Wall time of ``python -m lightning_manifold <args>`` in a fresh process."""
+def cli(args: list[str], threads: int, *, worker: bool = True) -> float:
+    """Wall time of ``python -m lightning_manifold <args>`` in a fresh process (``worker``:
+    figures drawn by the figure worker process, else in the command's own process)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["LIGHTNING_MANIFOLD_FIGURE_WORKER"] = "1" if worker else "0"
     t0 = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "lightning_manifold", *args],
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds, captures, n, c = (1, 20, 300, 10) if args.quick else (3, 50, 1400, 10)
+    load_before = os.getloadavg()[0]
     rows: list[tuple[str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
@@ -190,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("CLI inspect", cli(["inspect", str(root)], args.threads), ""))
             embed = ["embed", str(root), "-o", str(out / "e")]
             rows.append(("CLI embed", cli(embed, args.threads), "PNG + HTML + CSV"))
+            rows.append(
+                ("CLI embed, figures in-process", cli(embed, args.threads, worker=False),
+                 "LIGHTNING_MANIFOLD_FIGURE_WORKER=0")
+            )  # fmt: skip
             rows.append(("CLI embed --no-figures", cli([*embed, "--no-figures"], args.threads), ""))
             rows.append(
                 ("CLI embed --stress-at 1,3,10,25,50",
@@ -198,11 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             compare = ["compare", str(root), "-o", str(out / "c"), "--clusters", "2"]
             rows.append(("CLI compare", cli(compare, args.threads), "dendrogram + tubes PNG"))
             rows.append(
+                ("CLI compare, figures in-process", cli(compare, args.threads, worker=False),
+                 "LIGHTNING_MANIFOLD_FIGURE_WORKER=0")
+            )  # fmt: skip
+            rows.append(
                 ("CLI compare --no-figures", cli([*compare, "--no-figures"], args.threads), "")
             )
             report = ["report", str(root), "-o", str(out / "r.html")]
             rows.append(("CLI report", cli(report, args.threads), "one HTML page"))
-    print(f"torch threads: {args.threads}; load: {os.getloadavg()[0]:.2f} (1-min average)")
+    print(
+        f"torch threads: {args.threads}; load: {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after (1-min average)"
+    )
     for what, sec, note in rows:
         print(f"  {what:38s} {sec:8.3f} s  {note}")
     return 0

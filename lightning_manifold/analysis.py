@@ -33,7 +33,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +46,8 @@ from torch import Tensor
 from lightning_manifold import functional as F
 from lightning_manifold._optional import LazyModule, is_available
 from lightning_manifold._runs import stores_below as _stores_below
+from lightning_manifold.analysis_figures import dendrogram_figure, linkage_matrix, tube_bands_figure
+from lightning_manifold.analysis_figures import new_figure as _new_figure
 from lightning_manifold.embedding import ReferenceEmbedding, as_log_probs
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.functional import trajectory as TR
@@ -127,16 +129,6 @@ def _progress_bar(iterable: Iterable[_T], *, desc: str, total: int | None = None
         return
     disable = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     yield from tqdm(iterable, desc=desc, total=total, disable=disable, leave=False)
-
-
-def _new_figure(figsize: tuple[float, float], dpi: float = 100.0) -> Figure:
-    """A matplotlib Figure on an Agg canvas (no pyplot, nothing to close)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def write_csv(
@@ -519,14 +511,22 @@ class Trajectory:
 
 
 def _trajectory(
-    name: str, group: str, lp: Tensor, labels: Tensor, steps: np.ndarray, where: str
+    name: str,
+    group: str,
+    lp: Tensor,
+    labels: Tensor,
+    steps: np.ndarray,
+    where: str,
+    progress: Tensor | None = None,
 ) -> Trajectory:
     if lp.shape[0] < 2:
         raise ValueError(
             f"{where} holds {lp.shape[0]} valid snapshot(s); comparing trajectories needs at "
             "least 2 per run"
         )
-    progress = F.progress_from_log_probs(lp, labels).reshape(-1).to(torch.float64)
+    if progress is None:
+        progress = F.progress_from_log_probs(lp, labels)
+    progress = progress.reshape(-1).to(torch.float64)
     error = (lp.argmax(-1) != labels).to(torch.float64).mean(-1).numpy()
     return Trajectory(name, group, np.asarray(steps), lp, progress, _error=error)
 
@@ -586,19 +586,6 @@ def trajectory_distance_matrix(
             f"runs {trajectories[i].name!r} and {trajectories[j].name!r} {m.group(3)}"
         ) from err
     return D.to("cpu").numpy()
-
-
-def linkage_matrix(D: np.ndarray, method: str = "average") -> np.ndarray:
-    """SciPy hierarchical clustering (``linkage``, ``method`` = average by default) of the
-    condensed form of the (R, R) distance matrix ``D``; (R - 1, 4) linkage matrix."""
-    from scipy.cluster.hierarchy import linkage
-    from scipy.spatial.distance import squareform
-
-    D = np.asarray(D, dtype=np.float64)
-    if D.ndim != 2 or D.shape[0] != D.shape[1] or D.shape[0] < 2:
-        raise ValueError(f"`D` must be a square (R, R) matrix with R >= 2, got shape {D.shape}")
-    condensed = squareform(0.5 * (D + D.T), checks=False)
-    return linkage(condensed, method=method)
 
 
 def top_split(Z: np.ndarray, names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -758,46 +745,6 @@ class DistanceTable:
         return pd.DataFrame(self.matrix, index=self.names, columns=self.names)
 
 
-def dendrogram_figure(
-    D: np.ndarray,
-    names: Sequence[str],
-    groups: Sequence[str] | None = None,
-    *,
-    method: str = "average",
-    dpi: float = 100.0,
-) -> tuple[Figure, list[str]]:
-    """Dendrogram of the trajectory distances (thesis fig. 2.6a), leaves labelled by run and
-    coloured by configuration group, with a key of the groups.
-
-    Returns:
-        The figure and the leaf labels from top to bottom.
-    """
-    from matplotlib.patches import Patch
-    from scipy.cluster.hierarchy import dendrogram
-
-    Z = linkage_matrix(D, method)
-    r = len(names)
-    fig = _new_figure((7.5, 1.4 + 0.32 * r), dpi)
-    ax = fig.add_subplot(1, 1, 1)
-    info = dendrogram(
-        Z, labels=list(names), orientation="left", ax=ax, color_threshold=0.0,
-        above_threshold_color="0.25", leaf_font_size=8,
-    )  # fmt: skip
-    if groups is not None:
-        colors = plots.group_colors(groups)
-        by_name = dict(zip(names, groups))
-        for label in ax.get_yticklabels():
-            label.set_color(colors[by_name[label.get_text()]])
-        if len(colors) < len(names):
-            handles = [Patch(color=c, label=g) for g, c in colors.items()]
-            fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8)
-    ax.set_xlabel("trajectory distance (eq. 2.2.5, mean d_B at equal progress)")
-    ax.set_title(f"Training trajectories, {method}-linkage clustering")
-    ax.spines[["top", "right", "left"]].set_visible(False)
-    leaves = list(reversed(info["ivl"]))  # orientation="left" draws the first leaf at the bottom
-    return fig, leaves
-
-
 @dataclass
 class TubeWidths(_Table):
     """Tube widths (thesis §2.5.4.1): the distance of each run of a group to the group's mean
@@ -876,22 +823,7 @@ def tube_width_rows(
 def tube_figure(tubes: TubeWidths, *, dpi: float = 100.0) -> Figure | None:
     """Tube width against progress, one band per group (min..max over its runs, mean as a
     line), legend outside the axes. None when no group has two runs."""
-    bands = tubes.bands()
-    if not bands:
-        return None
-    colors = plots.group_colors(list(bands))
-    fig = _new_figure((7.5, 4.0), dpi)
-    ax = fig.add_subplot(1, 1, 1)
-    for group, b in bands.items():
-        c = colors[group]
-        ax.fill_between(b["progress"], b["low"], b["high"], color=c, alpha=0.25, linewidth=0)
-        ax.plot(b["progress"], b["mean"], color=c, label=group, linewidth=1.5)
-    ax.set_xlabel("progress")
-    ax.set_ylabel("tube width (d_B to the group's mean model)")
-    ax.set_title("Tube width across seeds (§2.5.4.1): mean line, min-max band")
-    fig.legend(loc="outside right upper", fontsize=8, title="group")
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig
+    return tube_bands_figure(tubes.bands(), dpi=dpi)
 
 
 def _steps_at_progress(t: Trajectory, grid: np.ndarray) -> np.ndarray:
@@ -988,6 +920,7 @@ def relative_speed_figure(
         labelled.add(label)
     ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
+    plots.plain_log_labels(ax.yaxis)
     ax.set_xlabel("progress")
     ax.set_ylabel(f"steps needed / steps of {speed.reference}")
     ax.set_title(f"Relative speed against {speed.reference} along training")
@@ -1158,6 +1091,7 @@ def compare_stores(
     tube_points: int = 50,
     figures: bool = True,
     trajectories: Sequence[Trajectory] | None = None,
+    on_distances: Callable[[np.ndarray, list[str], list[str]], Any] | None = None,
 ) -> Comparison:
     """Pairwise trajectory distances, their dendrogram and the tube widths of each group.
 
@@ -1169,6 +1103,9 @@ def compare_stores(
         tube_points: progress values of the tube widths.
         figures: draw the dendrogram figure.
         trajectories: the runs already loaded (:func:`load_trajectories`), to skip reading.
+        on_distances: called with the (R, R) distances, the names and the groups as soon as
+            the distances are known, before the tube widths (the command line hands the
+            dendrogram to its figure worker there).
 
     Raises:
         ValueError: fewer than 2 runs, or runs that cannot be compared.
@@ -1180,15 +1117,22 @@ def compare_stores(
     if trajectories is None:
         trajectories = load_trajectories(stores, names, groups)
     return _compare(list(trajectories), n_points=n_points, tube_points=tube_points,
-                    figures=figures)  # fmt: skip
+                    figures=figures, on_distances=on_distances)  # fmt: skip
 
 
 def _compare(
-    trajectories: list[Trajectory], *, n_points: int, tube_points: int, figures: bool
+    trajectories: list[Trajectory],
+    *,
+    n_points: int,
+    tube_points: int,
+    figures: bool,
+    on_distances: Callable[[np.ndarray, list[str], list[str]], Any] | None = None,
 ) -> Comparison:
     names = [t.name for t in trajectories]
     groups = [t.group for t in trajectories]
     D = trajectory_distance_matrix(trajectories, n_points=n_points)
+    if on_distances is not None:
+        on_distances(D, names, groups)
     Z = linkage_matrix(D)
     if figures:
         fig, leaves = dendrogram_figure(D, names, groups)
@@ -1482,20 +1426,26 @@ def _png_tag(fig: Figure, alt: str) -> str:
 
 
 def _run_table(
-    stores: Sequence[TrajectoryStore], names: Sequence[str], groups: Sequence[str]
+    stores: Sequence[TrajectoryStore],
+    names: Sequence[str],
+    groups: Sequence[str],
+    trajectories: Sequence[Trajectory] | None = None,
 ) -> str:
     head = (
         "<tr><th>run</th><th>group</th><th>snapshots (valid)</th><th>steps</th>"
         "<th>final progress</th><th>final error</th><th>store</th></tr>"
     )
     body = []
-    for store, name, group in zip(stores, names, groups):
+    for i, (store, name, group) in enumerate(zip(stores, names, groups)):
         valid = store.valid
         steps = store.steps[valid]
-        lp = torch.from_numpy(np.asarray(store.log_probs(valid_only=True)[-1], dtype=np.float64))
-        labels = torch.from_numpy(store.labels)
-        prog = float(F.progress_from_log_probs(lp, labels))
-        err = float((lp.argmax(-1) != labels).to(torch.float64).mean())
+        if trajectories is not None:  # already loaded and projected
+            prog, err = float(trajectories[i].progress[-1]), float(trajectories[i].error[-1])
+        else:
+            lp = torch.from_numpy(np.asarray(store.log_probs(valid_only=True)[-1], np.float64))
+            labels = torch.from_numpy(store.labels)
+            prog = float(F.progress_from_log_probs(lp, labels))
+            err = float((lp.argmax(-1) != labels).to(torch.float64).mean())
         cells = [
             name, group, f"{len(store)} ({int(valid.sum())})", f"{steps[0]}–{steps[-1]}",
             f"{prog:.3f}", f"{err:.3f}", str(store.path),
@@ -1527,19 +1477,28 @@ def report_html(
     comparable = [s for s in stores if int(s.valid.sum()) >= 2]
     trajectories: list[Trajectory] | None = None
     if len(stores) >= 2 and len(comparable) == len(stores):
-        # read every store once: the map and the comparison share the loaded runs
-        runs = Runs(
-            load_trajectories(stores, names, groups), stores[0].labels,
-            stores[0].num_classes, stores[0].probe_name, list(stores),
+        # read every store once, and project every model once: the map's progress (eq.
+        # 2.2.4) is the comparison's, so the trajectories take it from the map
+        lps = [torch.from_numpy(np.asarray(s.log_probs(valid_only=True), dtype=np.float64))
+               for s in _progress_bar(stores, desc="loading runs", total=len(stores))]  # fmt: skip
+        steps = [s.steps[s.valid] for s in stores]
+        labels = torch.from_numpy(stores[0].labels)
+        ref = ReferenceEmbedding.fit(
+            lps, labels=labels, steps=steps, run_names=names, n_components=n_components,
+            max_models=max_models, probe_name=stores[0].probe_name,
         )  # fmt: skip
-        trajectories = runs.trajectories
-        ref = runs.embedding(n_components, max_models=max_models)
+        whole = ref.num_models == sum(lp.shape[0] for lp in lps)  # else max_models subsampled
+        trajectories = [
+            _trajectory(name, group, lp, labels, st, f"store '{s.path}'",
+                        ref.model_progress[ref.model_run == r] if whole else None)
+            for r, (s, name, group, lp, st) in enumerate(zip(stores, names, groups, lps, steps))
+        ]  # fmt: skip
     else:
         ref = embed_stores(stores, names, n_components=n_components, max_models=max_models)
     frame = embedding_frame(ref, title=f"{len(stores)} run(s)", groups=groups)
     stress = explained_stress_table(stores, stress_at, ref)
     sections: list[str] = []
-    sections.append("<h2>Runs</h2>\n" + _run_table(stores, names, groups))
+    sections.append("<h2>Runs</h2>\n" + _run_table(stores, names, groups, trajectories))
     manifold = "<h2>Manifold (joint InPCA, eq. 2.2.6)</h2>\n"
     if is_available("plotly"):
         fig = plots.manifold_plotly(frame)

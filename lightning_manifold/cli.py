@@ -20,7 +20,10 @@ traceback. A closed output pipe (``... | head``) ends the command quietly.
 This module only parses arguments and prints. Everything it computes comes from
 :mod:`lightning_manifold.analysis` (the notebook API); heavy modules (torch, Lightning,
 matplotlib, SciPy, plotly) are imported inside the commands that need them, so ``--help``
-answers at once. The names that used to live here (``resolve_stores``, ``compare_stores``,
+answers at once. ``embed`` and ``compare`` draw their figures in a second process
+(:mod:`lightning_manifold._figure_worker`) started before torch is imported, so plotting uses
+the second core; ``LIGHTNING_MANIFOLD_FIGURE_WORKER=0`` draws them in the command's process.
+The names that used to live here (``resolve_stores``, ``compare_stores``,
 ``report_html``, ...) are still importable from this module and resolve to ``analysis``.
 """
 
@@ -203,7 +206,44 @@ class _Stages:
         self.bar.close()
 
 
+def _figure_worker(kind: str) -> Any:
+    """A :class:`~lightning_manifold._figure_worker.FigureWorker` started now, before torch is
+    imported, so that plotting imports and drawing use the second core; None when it cannot
+    start or ``LIGHTNING_MANIFOLD_FIGURE_WORKER=0`` (figures are then drawn in this process)."""
+    if os.environ.get("LIGHTNING_MANIFOLD_FIGURE_WORKER", "1") == "0":
+        return None
+    from lightning_manifold._figure_worker import FigureWorker
+
+    try:
+        return FigureWorker(kind)
+    except OSError:
+        return None
+
+
+def _worker_files(worker: Any, draw_here: Any) -> dict[str, Path]:
+    """The files the worker wrote, or ``draw_here()``'s when the worker failed."""
+    try:
+        return worker.result()
+    except RuntimeError:
+        return draw_here()
+
+
+def _with_worker(kind: str, args: argparse.Namespace, command: Any) -> int:
+    """``command(args, worker)`` with a figure worker started first (none with --no-figures),
+    stopped whatever happens."""
+    worker = None if args.no_figures else _figure_worker(kind)
+    try:
+        return int(command(args, worker))
+    finally:
+        if worker is not None:
+            worker.close()
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
+    return _with_worker("embedding", args, _embed)
+
+
+def _embed(args: argparse.Namespace, worker: Any) -> int:
     from lightning_manifold import analysis as A
 
     stages = _Stages(4, "embed")
@@ -223,16 +263,28 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if not args.no_figures:
         groups = A.run_groups(stores, names, args.group_by)
         frame = A.embedding_frame(ref, title=f"{len(stores)} run(s)", groups=groups)
-        written = A.write_figures(frame, out, stem="embedding", dpi=args.dpi)
-        if "html" not in written:
-            print(
-                f"{PROG}: plotly is not installed; skipping the interactive HTML", file=sys.stderr
-            )
+
+        def draw_here() -> dict[str, Path]:
+            return A.write_figures(frame, out, stem="embedding", dpi=args.dpi)
+
+        if worker is not None:  # it draws while the tables are written below
+            from lightning_manifold._figure_worker import frame_payload
+
+            arrays, header = frame_payload(frame)
+            header.update(out_dir=str(out), dpi=args.dpi, stem="embedding")
+            worker.send("embedding", arrays, header)
+        else:
+            written = draw_here()
     header, rows = A.coordinate_rows(ref, n_components=args.components)
-    written["coordinates"] = A.write_csv(out / "coordinates.csv", header, rows)
-    written["summary"] = out / "embedding.json"
+    tables = {"coordinates": A.write_csv(out / "coordinates.csv", header, rows)}
+    tables["summary"] = out / "embedding.json"
     summary = A.embedding_summary(ref, stress)
-    written["summary"].write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    tables["summary"].write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    if worker is not None and not args.no_figures:
+        written = _worker_files(worker, draw_here)
+    if not args.no_figures and "html" not in written:
+        print(f"{PROG}: plotly is not installed; skipping the interactive HTML", file=sys.stderr)
+    written.update(tables)
     stages("done")
     stages.close()
     print(
@@ -251,16 +303,47 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    return _with_worker("compare", args, _compare)
+
+
+def _compare(args: argparse.Namespace, worker: Any) -> int:
+    import numpy as np
+
     from lightning_manifold import analysis as A
 
     stores = A.resolve_stores(args.run_dirs, args.probe, require_valid=2)
     if args.clusters is not None and args.clusters > len(stores):
         raise ValueError(f"--clusters {args.clusters}: at most the number of runs ({len(stores)})")
+    out = Path(args.out_dir)
+
+    def dendrogram_job(D: Any, names: list[str], groups: list[str]) -> None:
+        # the worker draws the dendrogram while the tube widths are computed here
+        header = {"out_dir": str(out)}
+        worker.send("dendrogram", {"distances": D, "names": np.array(names, dtype=str),
+                                   "groups": np.array(groups, dtype=str)}, header)  # fmt: skip
+
     comparison = A.compare_stores(
         stores, group_by=args.group_by, n_points=args.points, tube_points=args.tube_points,
-        figures=not args.no_figures,
+        figures=not args.no_figures and worker is None,
+        on_distances=None if worker is None else dendrogram_job,
     )  # fmt: skip
-    written = comparison.write(args.out_dir, n_clusters=args.clusters)
+    if worker is not None:
+        bands = comparison.tubes.bands()
+        arrays = {f"{i}/{k}": v for i, b in enumerate(bands.values()) for k, v in b.items()}
+        arrays["groups"] = np.array(list(bands), dtype=str)
+        worker.send("tubes", arrays, {"out_dir": str(out)})
+    written = comparison.write(out, n_clusters=args.clusters)
+    if worker is not None:
+
+        def draw_here() -> dict[str, Path]:
+            comparison.figure = A.dendrogram_figure(
+                comparison.distances, comparison.names, comparison.groups
+            )[0]
+            return comparison.write(out, n_clusters=args.clusters)
+
+        summary_path = written.pop("summary")  # listed last, as without the worker
+        written.update(_worker_files(worker, draw_here))
+        written["summary"] = summary_path
     left, right = comparison.top_split
     print(f"compared {len(stores)} runs; dendrogram top split:")
     print(f"  {{{', '.join(left)}}}\n  {{{', '.join(right)}}}")

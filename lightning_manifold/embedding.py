@@ -27,7 +27,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -144,6 +144,34 @@ def _label_diff(expected: np.ndarray, got: np.ndarray) -> str | None:
     )
 
 
+def _progress_grids(
+    log_probs: Sequence[Tensor],
+    progress: Sequence[Tensor],
+    n_grid: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each run re-indexed by progress on its own grid: (R, S) grid, (R, S, N, C) ``dtype``
+    sqrt-probabilities (floored at its smallest normal) and (R, S) coverage.
+
+    Args:
+        log_probs: R (T_r, N, C) log-probabilities (any float dtype; used as float64).
+        progress: R (T_r,) float64 progress of those models (eq. 2.2.4).
+    """
+    f64 = torch.float64
+    R = len(log_probs)
+    grid = torch.empty((R, n_grid), dtype=f64, device=device)
+    grid_sqrt = torch.empty((R, n_grid, *log_probs[0].shape[1:]), dtype=dtype, device=device)
+    grid_valid = torch.zeros((R, n_grid), dtype=torch.bool, device=device)
+    for r, (lp, prog) in enumerate(zip(log_probs, progress)):
+        grid[r] = torch.linspace(float(prog[0]), float(prog.max()), n_grid, dtype=f64)
+        P = torch.exp(lp.to(device=device, dtype=f64))
+        probs, valid = F.reindex_by_progress(P, prog, grid[r])
+        grid_sqrt[r] = torch.sqrt(probs.to(f64)).to(dtype).clamp_min(torch.finfo(dtype).tiny)
+        grid_valid[r] = valid.to(device=device, dtype=torch.bool)
+    return grid, grid_sqrt, grid_valid
+
+
 # --------------------------------------------------------------------------- the class
 
 
@@ -206,11 +234,12 @@ class ReferenceEmbedding:
         truth_coords: Tensor,
         geodesic_coords: Tensor,
         geodesic_alphas: Tensor,
-        grid: Tensor,
-        grid_sqrt: Tensor,
-        grid_valid: Tensor,
+        grid: Tensor | None,
+        grid_sqrt: Tensor | None,
+        grid_valid: Tensor | None,
         probe_name: str = "",
         meta: dict[str, Any] | None = None,
+        _grid_maker: Callable[[], tuple[Tensor, Tensor, Tensor]] | None = None,
     ) -> None:
         self.labels = labels
         self.num_classes = int(num_classes)
@@ -232,22 +261,62 @@ class ReferenceEmbedding:
         self.truth_coords = truth_coords
         self.geodesic_coords = geodesic_coords
         self.geodesic_alphas = geodesic_alphas
-        self.grid = grid
-        self.grid_sqrt = grid_sqrt
-        self.grid_valid = grid_valid
+        self._grids: tuple[Tensor, Tensor, Tensor] | None = None
+        self._grid_maker: Callable[[], tuple[Tensor, Tensor, Tensor]] | None = None
+        if grid is None or grid_sqrt is None or grid_valid is None:
+            if _grid_maker is None:
+                raise ValueError("`grid`, `grid_sqrt` and `grid_valid` are required")
+            self._grid_maker = _grid_maker  # re-indexed on first use (see ``fit``)
+        else:
+            self._set_grids(grid, grid_sqrt, grid_valid)
         self.probe_name = probe_name
         self.meta = dict(meta or {})
         # (m, m) float64 d_B matrix the embedding was fitted on (set by ``fit``; not saved)
         self.fit_distances: Tensor | None = None
-        # small per-run arrays read on every update, kept on the host
-        self._grid_np = grid.detach().to("cpu").numpy()
-        self._grid_valid_np = grid_valid.detach().to("cpu").numpy()
         # per-run progress/step curves for ahead/behind
         run = model_run.detach().to("cpu").numpy()
         step = model_step.detach().to("cpu").numpy()
         prog = model_progress.detach().to("cpu").numpy()
         self._run_curves = [(step[run == r], prog[run == r]) for r in range(len(self.run_names))]
         self._run_models = [np.flatnonzero(run == r) for r in range(len(self.run_names))]
+
+    # ------------------------------------------------------------------ progress grids
+
+    def _set_grids(self, grid: Tensor, grid_sqrt: Tensor, grid_valid: Tensor) -> None:
+        self._grids = (grid, grid_sqrt, grid_valid)
+        self._grid_maker = None
+        # small per-run arrays read on every update, kept on the host
+        self._grid_np = grid.detach().to("cpu").numpy()
+        self._grid_valid_np = grid_valid.detach().to("cpu").numpy()
+
+    def _grid_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._grids is None:
+            assert self._grid_maker is not None
+            self._set_grids(*self._grid_maker())
+        assert self._grids is not None
+        return self._grids
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickling (multiprocessing, deepcopy) takes the grids, not the closure that makes them
+        self._grid_tensors()
+        return {k: v for k, v in self.__dict__.items() if k != "_grid_maker"} | {
+            "_grid_maker": None
+        }
+
+    @property
+    def grid(self) -> Tensor:
+        """(R, S) float64 progress grid of each run (see the class docstring)."""
+        return self._grid_tensors()[0]
+
+    @property
+    def grid_sqrt(self) -> Tensor:
+        """(R, S, N, C) sqrt-probabilities of each run re-indexed on its progress grid."""
+        return self._grid_tensors()[1]
+
+    @property
+    def grid_valid(self) -> Tensor:
+        """(R, S) bool: grid points the run covers."""
+        return self._grid_tensors()[2]
 
     # ------------------------------------------------------------------ basic properties
 
@@ -582,18 +651,14 @@ class ReferenceEmbedding:
         flip = torch.where(geo_coords[-1] - geo_coords[0] < 0, -1.0, 1.0).to(f64)
         eigvecs, coords, geo_coords = eigvecs * flip, coords * flip, geo_coords * flip
 
-        grid = torch.empty((len(run_list), n_grid), dtype=f64, device=device)
-        grid_sqrt = torch.empty(
-            (len(run_list), n_grid, *lp_models.shape[1:]), dtype=dtype, device=device
-        )
-        grid_valid = torch.zeros((len(run_list), n_grid), dtype=torch.bool, device=device)
-        for r in range(len(run_list)):
-            sel = model_run == r
-            prog = model_progress[sel]
-            grid[r] = torch.linspace(float(prog[0]), float(prog.max()), n_grid, dtype=f64)
-            probs, valid = F.reindex_by_progress(torch.exp(lp_models[sel]), prog, grid[r])
-            grid_sqrt[r] = torch.sqrt(probs.to(f64)).to(dtype).clamp_min(torch.finfo(dtype).tiny)
-            grid_valid[r] = valid.to(device=device, dtype=torch.bool)
+        # The progress grids serve projections of later runs (nearest_run, model_at_progress,
+        # save), not the map itself: they are re-indexed on first use, from the runs' own
+        # log-probabilities, so a map that is only drawn never pays for them.
+        per_run_lp = [r.log_probs for r in run_list]
+        per_run_progress = [model_progress[model_run == r] for r in range(len(run_list))]
+
+        def make_grids() -> tuple[Tensor, Tensor, Tensor]:
+            return _progress_grids(per_run_lp, per_run_progress, n_grid, dtype, device)
 
         ref = cls(
             labels=labels.to(torch.int64),
@@ -616,11 +681,12 @@ class ReferenceEmbedding:
             truth_coords=geo_coords[-1].clone(),
             geodesic_coords=geo_coords.clone(),
             geodesic_alphas=alphas.to(device),
-            grid=grid,
-            grid_sqrt=grid_sqrt,
-            grid_valid=grid_valid,
+            grid=None,
+            grid_sqrt=None,
+            grid_valid=None,
             probe_name=probe_name,
             meta=meta,
+            _grid_maker=make_grids,
         )
         ref.fit_distances = D  # reused by analysis.explained_stress_table (no second d_B)
         return ref
@@ -748,6 +814,7 @@ class ReferenceEmbedding:
         None if the run does not cover ``s`` (below its first snapshot's progress, above the
         highest progress it reached, or next to an invalid grid point).
         """
+        self._grid_tensors()  # the grids of a fresh fit are re-indexed on first use
         grid = self._grid_np[run]
         S = grid.shape[0]
         lo, hi = float(grid[0]), float(grid[-1])

@@ -601,3 +601,26 @@ def test_geodesic_point_and_constructors_reject_bad_input():
         F.ignorance(3, 1)
     with pytest.raises(ValueError, match="`labels`"):
         F.truth(torch.tensor([0, 3]), 3)
+
+
+def test_many_models_in_threads_match_one_thread_and_the_reference() -> None:
+    """Above a few blocks, all pairs are computed by one Python thread per intra-op thread
+    (each block on one intra-op thread): the same numbers, bit for bit, as one thread, and the
+    thread count is restored."""
+    rng = np.random.default_rng(3)
+    lg = R.random_logits(rng, 460, 20, 3, 2.0)  # 460 models: 10 blocks of 112 rows or fewer
+    lp = torch.from_numpy(lg - np.log(np.exp(lg).sum(-1, keepdims=True)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded = F.bhattacharyya_from_log_probs(lp)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        single = F.bhattacharyya_from_log_probs(lp)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(threaded, single)
+    P = np.exp(lp.numpy())
+    for i, j in [(0, 1), (5, 459), (230, 231), (111, 112), (459, 0)]:
+        expected = -np.mean(np.log(np.sqrt(P[i] * P[j]).sum(-1)))
+        assert float(threaded[i, j]) == pytest.approx(expected, rel=1e-9, abs=1e-14)
