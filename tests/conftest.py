@@ -280,3 +280,10 @@ def one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory: a Trainer without ``default_root_dir`` writes its
+    logs and the callback its stores under the working directory, never into the repository."""
+    monkeypatch.chdir(tmp_path)
