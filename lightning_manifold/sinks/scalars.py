@@ -14,19 +14,21 @@ from typing import Any
 from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-__all__ = ["log_scalars"]
+__all__ = ["event_file_writer", "log_scalars"]
 
 
-def _event_writer(logger: Logger) -> Any:
-    """The event file writer of a TensorBoardLogger on ``torch.utils.tensorboard``, else None
+def event_file_writer(writer: Any) -> Any:
+    """The event file writer of a ``torch.utils.tensorboard`` SummaryWriter, else None
     (tensorboardX writers take their own protocol buffers)."""
-    if not isinstance(logger, TensorBoardLogger):
-        return None
-    writer = logger.experiment
     get = getattr(writer, "_get_file_writer", None)
     if get is None or not type(writer).__module__.startswith("torch.utils.tensorboard"):
         return None
     return get()
+
+
+def _event_writer(logger: Logger) -> Any:
+    """:func:`event_file_writer` of a TensorBoardLogger's experiment, else None."""
+    return event_file_writer(logger.experiment) if isinstance(logger, TensorBoardLogger) else None
 
 
 def log_scalars(logger: Logger, scalars: Mapping[str, float], step: int) -> None:

@@ -28,6 +28,7 @@ from lightning_manifold import plots
 from lightning_manifold._optional import is_available, missing_message
 from lightning_manifold.frame import ManifoldFrame
 from lightning_manifold.sinks.base import FIGURES, Renders, Sink
+from lightning_manifold.sinks.scalars import event_file_writer
 
 __all__ = ["TensorBoardSink"]
 
@@ -102,8 +103,8 @@ def _cloud(frame: ManifoldFrame) -> tuple[np.ndarray, np.ndarray, list[list[str]
 def _add_png(writer: Any, tag: str, renders: Renders, step: int) -> None:
     """The live picture as an image summary of its PNG (encoded once per render and shared
     with the other sinks); ``add_image`` for writers without torch's summary API."""
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if file_writer is None or not type(writer).__module__.startswith("torch.utils.tensorboard"):
+    file_writer = event_file_writer(writer)
+    if file_writer is None:
         writer.add_image(tag, renders.live(), global_step=step, dataformats="HWC")
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
@@ -112,7 +113,7 @@ def _add_png(writer: Any, tag: str, renders: Renders, step: int) -> None:
     image = Summary.Image(
         height=height, width=width, colorspace=3, encoded_image_string=renders.live_png()
     )
-    file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 def _add_mesh(
@@ -130,7 +131,7 @@ def _add_mesh(
         from torch.utils.tensorboard.summary import mesh
     except ImportError:
         mesh = None
-    file_writer = getattr(writer, "_get_file_writer", None)
+    file_writer = event_file_writer(writer)
     if mesh is None or file_writer is None:
         writer.add_mesh(
             tag, vertices=xyz[None], colors=rgb[None], config_dict=config, global_step=step
@@ -149,7 +150,7 @@ def _add_mesh(
             "and truth P* (red)."
         ),
     )
-    file_writer().add_summary(summary, step)
+    file_writer.add_summary(summary, step)
 
 
 class TensorBoardSink(Sink):
